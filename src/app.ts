@@ -1,0 +1,97 @@
+import type { MikroORM } from '@mikro-orm/postgresql';
+import type { HealthImplementation } from 'grpc-health-check';
+import { systemClock, type Clock } from './domain/clock.js';
+import { ThreadService } from './domain/thread/thread.service.js';
+import { Authenticator } from './infra/auth/authenticator.js';
+import type { Config } from './infra/config/config.js';
+import { type EmbeddedDatabase, startEmbeddedPostgres } from './infra/db/embedded.js';
+import { openDatabase } from './infra/db/orm.js';
+import { createLogger, type Logger } from './infra/log/logger.js';
+import { RpcAdapter } from './rpc/adapter.js';
+import { addReflection, addServices, bind, createHealth, Server, serverOptions, setServing } from './rpc/server.js';
+
+/** A running service instance. */
+export interface App {
+  /** The bound gRPC port. */
+  readonly port: number;
+  readonly health: HealthImplementation;
+  readonly orm: MikroORM;
+  readonly log: Logger;
+  /**
+   * Graceful shutdown: health NOT_SERVING, stop accepting calls, let in-flight calls finish (up to
+   * `shutdownGraceMs`, then cancel what is left), close the pool, stop the embedded database.
+   */
+  shutdown(): Promise<void>;
+}
+
+/**
+ * Starts the service: database (embedded when DATABASE_URL is unset), migrations, gRPC server with
+ * health and reflection, and a database health probe.
+ */
+export async function startApp(config: Config, opts: { clock?: Clock; log?: Logger } = {}): Promise<App> {
+  const log = opts.log ?? createLogger(config.logLevel);
+  let embedded: EmbeddedDatabase | undefined;
+  let url = config.databaseUrl;
+  if (!url) {
+    log.info({ dataDir: config.embeddedPg.dataDir, port: config.embeddedPg.port }, 'starting embedded PostgreSQL');
+    embedded = await startEmbeddedPostgres(config.embeddedPg.dataDir, config.embeddedPg.port, (line) =>
+      log.debug({ pg: line.trim() }, 'embedded postgres'),
+    );
+    url = embedded.url;
+  }
+  const orm = await openDatabase(url, config.dbPoolMax);
+  const health = createHealth();
+  const server = new Server(serverOptions(config.grpc));
+  const adapter = new RpcAdapter({ orm, auth: new Authenticator(config.jwt), log });
+  addServices(server, adapter, new ThreadService(opts.clock ?? systemClock));
+  health.addToServer(server);
+  addReflection(server);
+  const port = await bind(server, config.host, config.port);
+  setServing(health, true);
+
+  // The database probe: NOT_SERVING while PostgreSQL is unreachable, SERVING again once it answers.
+  let draining = false;
+  let probing = false;
+  const probe = setInterval(() => {
+    if (probing || draining) return;
+    probing = true;
+    orm.em
+      .getConnection()
+      .execute('select 1')
+      .then(
+        () => !draining && setServing(health, true),
+        (err: unknown) => {
+          log.warn({ err: String(err) }, 'database probe failed');
+          if (!draining) setServing(health, false);
+        },
+      )
+      .finally(() => (probing = false));
+  }, config.healthProbeMs);
+  probe.unref();
+
+  let stopping: Promise<void> | undefined;
+  const shutdown = () =>
+    (stopping ??= (async () => {
+      draining = true;
+      clearInterval(probe);
+      setServing(health, false);
+      log.info({ graceMs: config.shutdownGraceMs }, 'shutting down');
+      await new Promise<void>((resolve) => {
+        const force = setTimeout(() => {
+          log.warn('grace period over; cancelling remaining calls');
+          server.forceShutdown();
+          resolve();
+        }, config.shutdownGraceMs);
+        server.tryShutdown(() => {
+          clearTimeout(force);
+          resolve();
+        });
+      });
+      await orm.close(true);
+      await embedded?.stop();
+      log.info('stopped');
+    })());
+
+  log.info({ port, embedded: embedded !== undefined }, 'serving');
+  return { port, health, orm, log, shutdown };
+}

@@ -1,0 +1,75 @@
+/**
+ * Typed domain errors. The domain throws these; only `src/rpc/errors.ts` maps them to gRPC status codes,
+ * so the mapping is one table to review. `reason` is the UPPER_SNAKE ErrorInfo reason clients branch on;
+ * `metadata` holds the values the message mentions.
+ */
+export type ErrorKind =
+  | 'invalid_argument'
+  | 'not_found'
+  | 'permission_denied'
+  | 'failed_precondition'
+  | 'aborted'
+  | 'already_exists'
+  | 'unauthenticated'
+  | 'resource_exhausted'
+  | 'unavailable'
+  | 'deadline_exceeded';
+
+/** One invalid field of a request: the field path as in the proto (snake_case) and what is wrong. */
+export interface FieldViolation {
+  readonly field: string;
+  readonly description: string;
+}
+
+export class DomainError extends Error {
+  constructor(
+    readonly kind: ErrorKind,
+    readonly reason: string,
+    message: string,
+    readonly metadata: Readonly<Record<string, string>> = {},
+  ) {
+    super(message);
+    this.name = new.target.name;
+  }
+}
+
+/** Bad input: the request is refused as a whole and nothing is changed. */
+export class InvalidArgument extends DomainError {
+  constructor(readonly violations: readonly FieldViolation[]) {
+    super('invalid_argument', 'INVALID_ARGUMENT', violations.map((v) => `${v.field}: ${v.description}`).join('; '));
+  }
+}
+
+export class PermissionDenied extends DomainError {
+  constructor(reason: string, message: string, metadata: Record<string, string> = {}) {
+    super('permission_denied', reason, message, metadata);
+  }
+}
+
+export class Unauthenticated extends DomainError {
+  constructor(message: string) {
+    super('unauthenticated', 'UNAUTHENTICATED', message);
+  }
+}
+
+/** The call's deadline passed before the work could start. */
+export class DeadlineExceeded extends DomainError {
+  constructor() {
+    super('deadline_exceeded', 'DEADLINE_EXCEEDED', 'deadline exceeded');
+  }
+}
+
+/** Collects field violations so a request reports every bad field at once. */
+export class Violations {
+  readonly #list: FieldViolation[] = [];
+
+  add(field: string, description: string): this {
+    this.#list.push({ field, description });
+    return this;
+  }
+
+  /** Throws InvalidArgument when anything was added. */
+  throwIfAny(): void {
+    if (this.#list.length > 0) throw new InvalidArgument(this.#list);
+  }
+}

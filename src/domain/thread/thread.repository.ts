@@ -1,0 +1,104 @@
+import { LockMode, UniqueConstraintViolationException } from '@mikro-orm/core';
+import type { EntityManager } from '@mikro-orm/postgresql';
+import type { ThreadState } from './thread.entity.js';
+import { Thread, ThreadParticipant, type ThreadView } from './thread.entity.js';
+
+/** Keyset position in the caller's thread list: (last_activity_at, thread_id), both descending. */
+export interface ThreadListPosition {
+  readonly lastActivityAt: Date;
+  readonly threadId: string;
+}
+
+/**
+ * Database access for the thread aggregate. Every query is scoped by tenant_id first, so another
+ * tenant's rows cannot be reached from here at all.
+ */
+export class ThreadRepository {
+  constructor(private readonly em: EntityManager) {}
+
+  /** Loads a thread and its participants; with `forUpdate`, locks the thread row (FOR UPDATE). */
+  async load(tenantId: string, threadId: string, forUpdate = false): Promise<ThreadView | undefined> {
+    const thread = await this.em.findOne(
+      Thread,
+      { tenantId, threadId },
+      forUpdate ? { lockMode: LockMode.PESSIMISTIC_WRITE } : {},
+    );
+    if (!thread) return undefined;
+    const participants = await this.em.find(
+      ThreadParticipant,
+      { tenantId, threadId },
+      { orderBy: { addedAt: 'asc', userId: 'asc' } },
+    );
+    return { thread, participants };
+  }
+
+  /** The thread a caller created with this idempotency key, if any. */
+  async findByCreateRequest(tenantId: string, createdBy: string, requestId: string): Promise<ThreadView | undefined> {
+    const thread = await this.em.findOne(Thread, { tenantId, createdBy, createRequestId: requestId });
+    return thread ? this.load(tenantId, thread.threadId) : undefined;
+  }
+
+  /**
+   * Inserts a new thread with its participants in one transaction. Returns false when the create
+   * request id is already taken (the unique index decides, also across replicas).
+   */
+  async insert(thread: Thread, participants: readonly ThreadParticipant[]): Promise<boolean> {
+    try {
+      await this.em.transactional(async (em) => {
+        // No ORM relation links the two, so order the inserts for the foreign key ourselves.
+        await em.persist(thread).flush();
+        em.persist(participants);
+      });
+      return true;
+    } catch (err) {
+      if (err instanceof UniqueConstraintViolationException && thread.createRequestId !== null) return false;
+      throw err;
+    }
+  }
+
+  /**
+   * One page of the threads `userId` takes part in, most recent activity first, with their participants.
+   * Returns up to `limit` views plus whether more follow.
+   */
+  async listForParticipant(
+    tenantId: string,
+    userId: string,
+    state: ThreadState | undefined,
+    after: ThreadListPosition | undefined,
+    limit: number,
+  ): Promise<{ views: ThreadView[]; more: boolean }> {
+    const params: unknown[] = [tenantId, userId];
+    let where = '';
+    if (state) {
+      params.push(state);
+      where += ' and t.state = ?';
+    }
+    if (after) {
+      params.push(after.lastActivityAt, after.threadId);
+      where += ' and (t.last_activity_at, t.thread_id) < (?, ?::uuid)';
+    }
+    params.push(limit + 1);
+    const rows: { thread_id: string }[] = await this.em.execute(
+      `select t.thread_id from thread_participant tp
+         join thread t on t.tenant_id = tp.tenant_id and t.thread_id = tp.thread_id
+        where tp.tenant_id = ? and tp.user_id = ?${where}
+        order by t.last_activity_at desc, t.thread_id desc
+        limit ?`,
+      params,
+    );
+    const ids = rows.slice(0, limit).map((r) => r.thread_id);
+    if (ids.length === 0) return { views: [], more: false };
+    const threads = await this.em.find(Thread, { tenantId, threadId: { $in: ids } });
+    const participants = await this.em.find(
+      ThreadParticipant,
+      { tenantId, threadId: { $in: ids } },
+      { orderBy: { addedAt: 'asc', userId: 'asc' } },
+    );
+    const byId = new Map(threads.map((t) => [t.threadId, t]));
+    const views = ids.flatMap((id) => {
+      const thread = byId.get(id);
+      return thread ? [{ thread, participants: participants.filter((p) => p.threadId === id) }] : [];
+    });
+    return { views, more: rows.length > limit };
+  }
+}

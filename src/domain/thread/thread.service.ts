@@ -1,0 +1,300 @@
+import type { EntityManager } from '@mikro-orm/postgresql';
+import type { Actor } from '../actor.js';
+import type { Clock } from '../clock.js';
+import { newId } from '../ids.js';
+import { decodePageToken, encodePageToken } from '../page-token.js';
+import { InvalidArgument, Violations } from '../errors.js';
+import { checkRequestId, checkUserId, checkUuid, pageSize } from '../validation.js';
+import {
+  type EscalationLevel,
+  Thread,
+  ThreadParticipant,
+  type ThreadState,
+  type ThreadView,
+  threadEtag,
+} from './thread.entity.js';
+import {
+  ParticipantChangeRefused,
+  ParticipantNotFound,
+  ThreadArchived,
+  ThreadEtagMismatch,
+  ThreadNotFound,
+  ThreadPermissionDenied,
+} from './thread.errors.js';
+import {
+  type ParticipantSpec,
+  THREAD_LIMITS,
+  checkCreateThread,
+  checkEscalation,
+  checkParticipantSpec,
+  creatorParticipantRole,
+  threadPermissions,
+} from './thread.policy.js';
+import { ThreadRepository } from './thread.repository.js';
+
+export interface CreateThreadInput {
+  readonly subject: string;
+  readonly participants: readonly ParticipantSpec[];
+  readonly requestId: string;
+}
+
+export interface ListThreadsInput {
+  readonly pageSize: number;
+  readonly pageToken: string;
+  readonly state: ThreadState | undefined;
+}
+
+export interface ThreadPage {
+  readonly views: readonly ThreadView[];
+  readonly nextPageToken: string;
+  readonly asOf: Date;
+}
+
+/** What a mutation did: the thread after it, and whether anything changed. */
+type Mutation = (view: ThreadView, em: EntityManager, now: Date) => boolean;
+
+/**
+ * The thread aggregate's use cases (server_authoritative). Every mutation runs in one transaction that
+ * locks the thread row first, then checks visibility, etag and permission against the locked state, so
+ * concurrent changes serialize and a stale etag can never win.
+ */
+export class ThreadService {
+  constructor(private readonly clock: Clock) {}
+
+  async create(em: EntityManager, actor: Actor, input: CreateThreadInput): Promise<ThreadView> {
+    const v = checkCreateThread(actor, input.subject, input.participants);
+    checkRequestId(v, 'request_id', input.requestId);
+    v.throwIfAny();
+    const repo = new ThreadRepository(em);
+    if (input.requestId !== '') {
+      const existing = await repo.findByCreateRequest(actor.tenantId, actor.userId, input.requestId);
+      if (existing) return existing;
+    }
+    const now = this.clock.now();
+    const thread = em.create(
+      Thread,
+      {
+        tenantId: actor.tenantId,
+        threadId: newId(),
+        subject: input.subject,
+        state: 'active',
+        createdBy: actor.userId,
+        createdAt: now,
+        updatedAt: now,
+        lastActivityAt: now,
+        archivedAt: null,
+        escalationLevel: 'none',
+        escalationAssignee: null,
+        escalationReason: null,
+        escalatedBy: null,
+        escalatedAt: null,
+        createRequestId: input.requestId === '' ? null : input.requestId,
+        version: 1,
+      },
+      { persist: false },
+    );
+    const selfRole = creatorParticipantRole(actor);
+    const specs = selfRole ? [{ userId: actor.userId, role: selfRole }, ...input.participants] : input.participants;
+    const participants = specs.map((spec) =>
+      em.create(
+        ThreadParticipant,
+        {
+          tenantId: actor.tenantId,
+          threadId: thread.threadId,
+          userId: spec.userId,
+          role: spec.role!,
+          addedAt: now,
+          addedBy: actor.userId,
+        },
+        { persist: false },
+      ),
+    );
+    if (await repo.insert(thread, participants)) return { thread, participants };
+    // A concurrent retry with the same request id committed first: answer with its thread.
+    const winner = await new ThreadRepository(em.fork()).findByCreateRequest(
+      actor.tenantId,
+      actor.userId,
+      input.requestId,
+    );
+    if (!winner) throw new Error('create request id conflict without a stored thread');
+    return winner;
+  }
+
+  async get(em: EntityManager, actor: Actor, threadId: string): Promise<ThreadView> {
+    const v = new Violations();
+    const id = checkUuid(v, 'thread_id', threadId);
+    v.throwIfAny();
+    const view = await new ThreadRepository(em).load(actor.tenantId, id);
+    if (!view || !threadPermissions(actor, view.participants).see) throw new ThreadNotFound(id);
+    return view;
+  }
+
+  async list(em: EntityManager, actor: Actor, input: ListThreadsInput): Promise<ThreadPage> {
+    const size = pageSize(input.pageSize, 50, 200);
+    const state = input.state ?? null;
+    let after: { lastActivityAt: Date; threadId: string } | undefined;
+    if (input.pageToken !== '') {
+      const token = decodePageToken('threads', input.pageToken);
+      const at = new Date(String(token.at));
+      if (token.state !== state || typeof token.id !== 'string' || Number.isNaN(at.getTime())) {
+        throw new InvalidArgument([{ field: 'page_token', description: 'does not belong to this filter' }]);
+      }
+      after = { lastActivityAt: at, threadId: token.id };
+    }
+    const asOf = this.clock.now();
+    const { views, more } = await new ThreadRepository(em).listForParticipant(
+      actor.tenantId,
+      actor.userId,
+      input.state,
+      after,
+      size,
+    );
+    const last = views.at(-1)?.thread;
+    const nextPageToken =
+      more && last
+        ? encodePageToken('threads', { at: last.lastActivityAt.toISOString(), id: last.threadId, state })
+        : '';
+    return { views, nextPageToken, asOf };
+  }
+
+  addParticipant(em: EntityManager, actor: Actor, threadId: string, spec: ParticipantSpec, etag: string) {
+    const v = new Violations();
+    checkParticipantSpec(v, 'participant', spec);
+    return this.#mutate(em, actor, threadId, etag, v, 'manage', 'add participants to', (view, tem, now) => {
+      requireActive(view);
+      if (view.participants.some((p) => p.userId === spec.userId)) return false;
+      if (view.participants.length >= THREAD_LIMITS.maxParticipants) {
+        throw new ParticipantChangeRefused(
+          view.thread.threadId,
+          spec.userId,
+          `a thread has at most ${THREAD_LIMITS.maxParticipants} participants`,
+          'THREAD_FULL',
+        );
+      }
+      addParticipantRow(tem, view, spec.userId, spec.role!, actor.userId, now);
+      return true;
+    });
+  }
+
+  removeParticipant(em: EntityManager, actor: Actor, threadId: string, userId: string, etag: string) {
+    const v = new Violations();
+    checkUserId(v, 'user_id', userId);
+    return this.#mutate(em, actor, threadId, etag, v, 'manage', 'remove participants from', (view, tem) => {
+      requireActive(view);
+      const { thread } = view;
+      const row = view.participants.find((p) => p.userId === userId);
+      if (!row) throw new ParticipantNotFound(thread.threadId, userId);
+      if (view.participants.length === 1) {
+        throw new ParticipantChangeRefused(thread.threadId, userId, 'the last participant', 'LAST_PARTICIPANT');
+      }
+      if (thread.escalationLevel !== 'none' && thread.escalationAssignee === userId) {
+        throw new ParticipantChangeRefused(
+          thread.threadId,
+          userId,
+          'the assignee of the current escalation',
+          'ESCALATION_ASSIGNEE',
+        );
+      }
+      tem.remove(row);
+      (view.participants as ThreadParticipant[]).splice(view.participants.indexOf(row), 1);
+      return true;
+    });
+  }
+
+  escalate(
+    em: EntityManager,
+    actor: Actor,
+    threadId: string,
+    input: { level: EscalationLevel | undefined; assigneeUserId: string; reason: string; etag: string },
+  ) {
+    const v = checkEscalation(input.level, input.assigneeUserId, input.reason);
+    return this.#mutate(em, actor, threadId, input.etag, v, 'manage', 'escalate', (view, tem, now) => {
+      requireActive(view);
+      const { thread } = view;
+      const level = input.level!;
+      thread.escalationLevel = level;
+      thread.escalationAssignee = level === 'none' ? null : input.assigneeUserId;
+      thread.escalationReason = input.reason;
+      thread.escalatedBy = actor.userId;
+      thread.escalatedAt = now;
+      if (level !== 'none' && !view.participants.some((p) => p.userId === input.assigneeUserId)) {
+        addParticipantRow(tem, view, input.assigneeUserId, 'care_staff', actor.userId, now);
+      }
+      return true;
+    });
+  }
+
+  archive(em: EntityManager, actor: Actor, threadId: string, etag: string) {
+    return this.#mutate(em, actor, threadId, etag, new Violations(), 'manage', 'archive', (view, _tem, now) => {
+      if (view.thread.state === 'archived') return false;
+      view.thread.state = 'archived';
+      view.thread.archivedAt = now;
+      return true;
+    });
+  }
+
+  reopen(em: EntityManager, actor: Actor, threadId: string, etag: string) {
+    return this.#mutate(em, actor, threadId, etag, new Violations(), 'reopen', 'reopen', (view) => {
+      if (view.thread.state === 'active') return false;
+      view.thread.state = 'active';
+      view.thread.archivedAt = null;
+      return true;
+    });
+  }
+
+  /**
+   * Runs one metadata change: validate input, lock the thread row, check visibility, etag and
+   * permission, apply, bump version/updated_at when something changed, commit.
+   */
+  async #mutate(
+    em: EntityManager,
+    actor: Actor,
+    threadId: string,
+    etag: string,
+    v: Violations,
+    permission: 'manage' | 'reopen',
+    action: string,
+    change: Mutation,
+  ): Promise<ThreadView> {
+    const id = checkUuid(v, 'thread_id', threadId);
+    v.throwIfAny();
+    return em.transactional(async (tem) => {
+      const view = await new ThreadRepository(tem).load(actor.tenantId, id, true);
+      const allowed = view && threadPermissions(actor, view.participants);
+      if (!view || !allowed?.see) throw new ThreadNotFound(id);
+      if (etag !== '' && etag !== threadEtag(view.thread)) {
+        throw new ThreadEtagMismatch(id, threadEtag(view.thread));
+      }
+      if (!allowed[permission]) throw new ThreadPermissionDenied(id, action);
+      const now = this.clock.now();
+      if (change(view, tem, now)) {
+        view.thread.updatedAt = now;
+        view.thread.lastActivityAt = now;
+      }
+      return view;
+    });
+  }
+}
+
+function requireActive(view: ThreadView): void {
+  if (view.thread.state === 'archived') throw new ThreadArchived(view.thread.threadId);
+}
+
+function addParticipantRow(
+  em: EntityManager,
+  view: ThreadView,
+  userId: string,
+  role: ThreadParticipant['role'],
+  addedBy: string,
+  now: Date,
+): void {
+  const row = em.create(ThreadParticipant, {
+    tenantId: view.thread.tenantId,
+    threadId: view.thread.threadId,
+    userId,
+    role,
+    addedAt: now,
+    addedBy,
+  });
+  (view.participants as ThreadParticipant[]).push(row);
+}

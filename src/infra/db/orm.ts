@@ -1,0 +1,36 @@
+import { Migrator } from '@mikro-orm/migrations';
+import { MikroORM, type Options } from '@mikro-orm/postgresql';
+import { Thread, ThreadParticipant } from '../../domain/thread/thread.entity.js';
+import { migrationsList } from './migrations/index.js';
+
+/** Every entity of the service. */
+export const entities = [Thread, ThreadParticipant];
+
+/** MikroORM options for a database URL. */
+export function ormOptions(clientUrl: string, poolMax: number): Options {
+  return {
+    clientUrl,
+    entities,
+    extensions: [Migrator],
+    migrations: {
+      migrationsList,
+      tableName: 'mikro_orm_migrations',
+      transactional: true,
+      allOrNothing: true,
+      silent: true,
+    },
+    pool: { min: 0, max: poolMax, idleTimeoutMillis: 30_000 },
+    // The global EntityManager is never used: every call forks its own.
+    allowGlobalContext: false,
+    forceUtcTimezone: true,
+    ensureDatabase: false,
+    debug: false,
+  };
+}
+
+/** Connects and applies pending migrations. */
+export async function openDatabase(clientUrl: string, poolMax: number): Promise<MikroORM> {
+  const orm = await MikroORM.init(ormOptions(clientUrl, poolMax));
+  await orm.migrator.up();
+  return orm;
+}

@@ -1,0 +1,119 @@
+import { Metadata, status, type StatusObject } from '@grpc/grpc-js';
+import { BadRequest, ErrorInfo, RetryInfo } from '../../gen/google/rpc/error_details.js';
+import { Status } from '../../gen/google/rpc/status.js';
+import { ConnectionException, DeadlockException, LockWaitTimeoutException } from '@mikro-orm/core';
+import { DomainError, type ErrorKind, InvalidArgument } from '../domain/errors.js';
+
+/** ErrorInfo.domain of every error this service returns. */
+export const ERROR_DOMAIN = 'comms.example.com';
+
+/** Metadata key of the binary google.rpc.Status details (AIP-193). */
+export const STATUS_DETAILS_KEY = 'grpc-status-details-bin';
+
+/** The one table from domain error kinds to gRPC codes. */
+const CODES: Record<ErrorKind, status> = {
+  invalid_argument: status.INVALID_ARGUMENT,
+  not_found: status.NOT_FOUND,
+  permission_denied: status.PERMISSION_DENIED,
+  failed_precondition: status.FAILED_PRECONDITION,
+  aborted: status.ABORTED,
+  already_exists: status.ALREADY_EXISTS,
+  unauthenticated: status.UNAUTHENTICATED,
+  resource_exhausted: status.RESOURCE_EXHAUSTED,
+  unavailable: status.UNAVAILABLE,
+  deadline_exceeded: status.DEADLINE_EXCEEDED,
+};
+
+/** A fully built error status: code, message and the google.rpc.Status details in metadata. */
+export type ErrorStatus = Partial<StatusObject> & { code: status; details: string; metadata: Metadata };
+
+function any(typeName: string, value: Uint8Array) {
+  return { typeUrl: `type.googleapis.com/${typeName}`, value: Buffer.from(value) };
+}
+
+/** Builds a status carrying ErrorInfo (and BadRequest for invalid input) in grpc-status-details-bin. */
+export function errorStatus(
+  code: status,
+  message: string,
+  reason: string,
+  metadata: Record<string, string>,
+  extraDetails: { typeUrl: string; value: Buffer }[] = [],
+): ErrorStatus {
+  const info = ErrorInfo.encode({ reason, domain: ERROR_DOMAIN, metadata }).finish();
+  const details = Status.encode({
+    code,
+    message,
+    details: [any('google.rpc.ErrorInfo', info), ...extraDetails],
+  }).finish();
+  const md = new Metadata();
+  md.set(STATUS_DETAILS_KEY, Buffer.from(details));
+  return { code, details: message, metadata: md };
+}
+
+/**
+ * Maps anything a handler threw to a gRPC status. Domain errors keep their reason and metadata; an
+ * unknown error is logged by the caller and answered with INTERNAL and a fixed message, never its text.
+ */
+export function toStatus(err: unknown): { status: ErrorStatus; internal: boolean } {
+  if (err instanceof DomainError) {
+    const extra =
+      err instanceof InvalidArgument
+        ? [
+            any(
+              'google.rpc.BadRequest',
+              BadRequest.encode({
+                fieldViolations: err.violations.map((v) => ({
+                  field: v.field,
+                  description: v.description,
+                  reason: '',
+                  localizedMessage: undefined,
+                })),
+              }).finish(),
+            ),
+          ]
+        : [];
+    return {
+      status: errorStatus(CODES[err.kind], err.message, err.reason, { ...err.metadata }, extra),
+      internal: false,
+    };
+  }
+  if (isDatabaseUnavailable(err)) {
+    const retry = any('google.rpc.RetryInfo', RetryInfo.encode({ retryDelay: { seconds: '1', nanos: 0 } }).finish());
+    return {
+      status: errorStatus(status.UNAVAILABLE, 'database unavailable; retry', 'DATABASE_UNAVAILABLE', {}, [retry]),
+      internal: false,
+    };
+  }
+  if (err instanceof DeadlockException || err instanceof LockWaitTimeoutException) {
+    return {
+      status: errorStatus(status.ABORTED, 'concurrent update; retry', 'CONCURRENT_UPDATE', {}),
+      internal: false,
+    };
+  }
+  return { status: errorStatus(status.INTERNAL, 'internal error', 'INTERNAL', {}), internal: true };
+}
+
+/** PostgreSQL SQLSTATEs and socket errors that mean "the database is not reachable right now". */
+const UNAVAILABLE_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ETIMEDOUT',
+  'EPIPE',
+  '57P01',
+  '57P02',
+  '57P03',
+  '08000',
+  '08001',
+  '08003',
+  '08006',
+]);
+
+function isDatabaseUnavailable(err: unknown): boolean {
+  if (err instanceof ConnectionException) return true;
+  for (let e: unknown = err, depth = 0; e && depth < 4; e = (e as { cause?: unknown }).cause, depth++) {
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === 'string' && UNAVAILABLE_CODES.has(code)) return true;
+    if (e instanceof Error && /Connection terminated|connection timeout/i.test(e.message)) return true;
+  }
+  return false;
+}

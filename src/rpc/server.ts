@@ -1,0 +1,101 @@
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import {
+  type ChannelOptions,
+  Server,
+  ServerCredentials,
+  type ServiceDefinition,
+  type UntypedServiceImplementation,
+} from '@grpc/grpc-js';
+import { loadFileDescriptorSetFromBuffer, loadSync } from '@grpc/proto-loader';
+import { ReflectionService } from '@grpc/reflection';
+import { HealthImplementation, protoPath as healthProtoPath } from 'grpc-health-check';
+import { FeedServiceService } from '../../gen/comms/v1/feed.js';
+import { MessageServiceService } from '../../gen/comms/v1/message.js';
+import { NotificationServiceService } from '../../gen/comms/v1/notification.js';
+import { ReadReceiptServiceService } from '../../gen/comms/v1/read_receipt.js';
+import { VirtualSessionServiceService } from '../../gen/comms/v1/session.js';
+import { ThreadServiceService } from '../../gen/comms/v1/thread.js';
+import type { ThreadService } from '../domain/thread/thread.service.js';
+import type { Config } from '../infra/config/config.js';
+import type { RpcAdapter, UnaryHandler } from './adapter.js';
+import { threadHandlers } from './thread.handlers.js';
+
+/** The descriptor set `npm run generate` writes with `buf build`; server reflection serves it. */
+export const DESCRIPTOR_SET_PATH = path.resolve(import.meta.dirname, '../../../gen/comms.binpb');
+
+/** Every comms.v1 service, with the issue that implements it when it is not built yet. */
+const SERVICES = [
+  { name: 'comms.v1.ThreadService', definition: ThreadServiceService, issue: undefined },
+  { name: 'comms.v1.MessageService', definition: MessageServiceService, issue: 4 },
+  { name: 'comms.v1.ReadReceiptService', definition: ReadReceiptServiceService, issue: 4 },
+  { name: 'comms.v1.FeedService', definition: FeedServiceService, issue: 5 },
+  { name: 'comms.v1.NotificationService', definition: NotificationServiceService, issue: 6 },
+  { name: 'comms.v1.VirtualSessionService', definition: VirtualSessionServiceService, issue: 7 },
+] as const;
+
+export const SERVICE_NAMES: readonly string[] = SERVICES.map((s) => s.name);
+
+/** grpc-js options chosen on purpose (see README "Configuration"). */
+export function serverOptions(grpc: Config['grpc']): ChannelOptions {
+  return {
+    'grpc.max_receive_message_length': grpc.maxReceiveBytes,
+    'grpc.max_send_message_length': grpc.maxSendBytes,
+    'grpc.max_concurrent_streams': grpc.maxConcurrentStreams,
+    // Ping idle connections so dead peers and proxies that drop idle TCP are noticed.
+    'grpc.keepalive_time_ms': grpc.keepaliveTimeMs,
+    'grpc.keepalive_timeout_ms': grpc.keepaliveTimeoutMs,
+    'grpc.keepalive_permit_without_calls': 1,
+    // Let clients ping as often as every 10 s without being told to go away.
+    'grpc.http2.min_ping_interval_without_data_ms': 10_000,
+    // Close connections after a while so clients rebalance across replicas; in-flight calls get a grace.
+    'grpc.max_connection_age_ms': grpc.maxConnectionAgeMs,
+    'grpc.max_connection_age_grace_ms': grpc.maxConnectionAgeGraceMs,
+  };
+}
+
+/** Adds every comms.v1 service to `server`; services of later issues answer UNIMPLEMENTED. */
+export function addServices(server: Server, adapter: RpcAdapter, threads: ThreadService): void {
+  const implemented: Record<string, Record<string, UnaryHandler<never, unknown>>> = {
+    'comms.v1.ThreadService': threadHandlers(threads) as Record<string, UnaryHandler<never, unknown>>,
+  };
+  for (const { name, definition, issue } of SERVICES) {
+    const impl: UntypedServiceImplementation = {};
+    for (const [method, def] of Object.entries(definition as ServiceDefinition)) {
+      const handler = implemented[name]?.[method];
+      impl[method] =
+        handler && issue === undefined
+          ? adapter.unary(def.path, handler as UnaryHandler<unknown, unknown>)
+          : adapter.unimplemented(def.path, issue ?? 0);
+    }
+    server.addService(definition as ServiceDefinition, impl);
+  }
+}
+
+/** Health (grpc.health.v1) for the whole server ("") and each service; all NOT_SERVING until ready. */
+export function createHealth(): HealthImplementation {
+  return new HealthImplementation(Object.fromEntries(['', ...SERVICE_NAMES].map((n) => [n, 'NOT_SERVING'])));
+}
+
+/** Sets the status of the server and every service at once. */
+export function setServing(health: HealthImplementation, serving: boolean): void {
+  for (const name of ['', ...SERVICE_NAMES]) health.setStatus(name, serving ? 'SERVING' : 'NOT_SERVING');
+}
+
+/** Server reflection (v1 and v1alpha) over our descriptor set plus grpc.health.v1, as grpcurl expects. */
+export function addReflection(server: Server): void {
+  const ours = loadFileDescriptorSetFromBuffer(readFileSync(DESCRIPTOR_SET_PATH));
+  const health = loadSync(healthProtoPath);
+  new ReflectionService({ ...ours, ...health }).addToServer(server);
+}
+
+/** Binds the server; resolves with the bound port. */
+export function bind(server: Server, host: string, port: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.bindAsync(`${host}:${port}`, ServerCredentials.createInsecure(), (err, bound) =>
+      err ? reject(err) : resolve(bound),
+    );
+  });
+}
+
+export { Server };

@@ -1,0 +1,40 @@
+import { type App, startApp } from '../../src/app.js';
+import { loadConfig, type Config } from '../../src/infra/config/config.js';
+import { createTestDatabase, type TestDatabase } from './database.js';
+
+/** The state shared by every test file: one database, one running server on an ephemeral port. */
+export const env = {} as { db: TestDatabase; app: App; config: Config; address: string };
+
+/** The configuration tests run with, pointing at the test database. */
+export function testConfig(overrides: Record<string, string> = {}): Config {
+  return loadConfig({
+    NODE_ENV: 'test',
+    HOST: '127.0.0.1',
+    PORT: '0',
+    DATABASE_URL: env.db.url,
+    LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? 'silent',
+    SHUTDOWN_GRACE_MS: '5000',
+    ...overrides,
+  });
+}
+
+/** Starts another server instance on the test database (for shutdown tests and replicas). */
+export function startTestApp(overrides: Record<string, string> = {}): Promise<App> {
+  return startApp(testConfig(overrides));
+}
+
+/** Mocha root hooks: the database and the server live for the whole run. */
+export const mochaHooks = {
+  async beforeAll(this: Mocha.Context) {
+    this.timeout(120_000);
+    env.db = await createTestDatabase();
+    env.config = testConfig();
+    env.app = await startApp(env.config);
+    env.address = `127.0.0.1:${env.app.port}`;
+  },
+  async afterAll(this: Mocha.Context) {
+    this.timeout(60_000);
+    await env.app?.shutdown();
+    await env.db?.drop();
+  },
+};
