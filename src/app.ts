@@ -18,7 +18,8 @@ export interface App {
   readonly orm: MikroORM;
   readonly log: Logger;
   /**
-   * Graceful shutdown: health NOT_SERVING, stop accepting calls, let in-flight calls finish (up to
+   * Graceful shutdown: health NOT_SERVING, keep serving for `shutdownDrainDelayMs` so load balancers
+   * and clients watching health move away, stop accepting calls, let in-flight calls finish (up to
    * `shutdownGraceMs`, then cancel what is left), close the pool, stop the embedded database.
    */
   shutdown(): Promise<void>;
@@ -75,7 +76,8 @@ export async function startApp(config: Config, opts: { clock?: Clock; log?: Logg
       draining = true;
       clearInterval(probe);
       setServing(health, false);
-      log.info({ graceMs: config.shutdownGraceMs }, 'shutting down');
+      log.info({ drainDelayMs: config.shutdownDrainDelayMs, graceMs: config.shutdownGraceMs }, 'shutting down');
+      await new Promise((resolve) => setTimeout(resolve, config.shutdownDrainDelayMs));
       await new Promise<void>((resolve) => {
         const force = setTimeout(() => {
           log.warn('grace period over; cancelling remaining calls');

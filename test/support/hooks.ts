@@ -14,6 +14,7 @@ export function testConfig(overrides: Record<string, string> = {}): Config {
     DATABASE_URL: env.db.url,
     LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? 'silent',
     SHUTDOWN_GRACE_MS: '5000',
+    SHUTDOWN_DRAIN_DELAY_MS: '0',
     ...overrides,
   });
 }

@@ -65,6 +65,7 @@ export interface Config {
     readonly maxConnectionAgeGraceMs: number;
   };
   readonly shutdownGraceMs: number;
+  readonly shutdownDrainDelayMs: number;
   readonly healthProbeMs: number;
   readonly logLevel: string;
 }
@@ -97,6 +98,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       GRPC_MAX_CONNECTION_AGE_MS: int(1000, 86_400_000)({ default: 1_800_000 }),
       GRPC_MAX_CONNECTION_AGE_GRACE_MS: int(0, 3_600_000)({ default: 300_000 }),
       SHUTDOWN_GRACE_MS: int(0, 600_000)({ default: 10_000 }),
+      SHUTDOWN_DRAIN_DELAY_MS: int(0, 600_000)({ default: 1_000 }),
       HEALTH_PROBE_MS: int(100, 60_000)({ default: 2_000 }),
       LOG_LEVEL: str({ choices: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], default: 'info' }),
     },
@@ -140,6 +142,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       maxConnectionAgeGraceMs: e.GRPC_MAX_CONNECTION_AGE_GRACE_MS,
     },
     shutdownGraceMs: e.SHUTDOWN_GRACE_MS,
+    shutdownDrainDelayMs: e.SHUTDOWN_DRAIN_DELAY_MS,
     healthProbeMs: e.HEALTH_PROBE_MS,
     logLevel: e.LOG_LEVEL,
   };

@@ -1,0 +1,231 @@
+import {
+  credentials,
+  Metadata,
+  status,
+  type Client,
+  type GrpcObject,
+  type ServiceClientConstructor,
+} from '@grpc/grpc-js';
+import { GrpcReflection } from 'grpc-js-reflection-client';
+import { SignJWT, UnsecuredJWT } from 'jose';
+import { expect } from 'chai';
+import { ThreadServiceClient } from '../../gen/comms/v1/thread.js';
+import { MessageServiceClient } from '../../gen/comms/v1/message.js';
+import { signDevToken } from '../../src/infra/auth/dev-token.js';
+import { SERVICE_NAMES } from '../../src/rpc/server.js';
+import { bearer, call, expectError, newTenant, newUser, threadClient } from '../support/clients.js';
+import { env } from '../support/hooks.js';
+import { checkHealth, healthClient } from '../support/health.js';
+
+describe('server: health', () => {
+  it('reports SERVING for the server and every comms.v1 service', async () => {
+    const client = healthClient();
+    try {
+      expect(await checkHealth(client)).to.equal('SERVING');
+      for (const name of SERVICE_NAMES) expect(await checkHealth(client, name), name).to.equal('SERVING');
+    } finally {
+      client.close();
+    }
+  });
+
+  it('answers NOT_FOUND for a service it does not know', async () => {
+    const client = healthClient();
+    try {
+      const err = await checkHealth(client, 'no.such.Service').then(
+        () => expect.fail('expected NOT_FOUND'),
+        (e: { code: number }) => e,
+      );
+      expect(err.code).to.equal(status.NOT_FOUND);
+    } finally {
+      client.close();
+    }
+  });
+});
+
+describe('server: reflection (what grpcurl uses)', () => {
+  it('lists every comms.v1 service, health and reflection', async () => {
+    const reflection = new GrpcReflection(env.address, credentials.createInsecure());
+    const services = await reflection.listServices();
+    expect(services).to.include.members([...SERVICE_NAMES, 'grpc.health.v1.Health']);
+    const methods = (await reflection.listMethods('comms.v1.ThreadService')).map((m) => m.name);
+    expect(methods).to.include.members(['CreateThread', 'GetThread', 'ListThreads', 'EscalateThread']);
+  });
+
+  it('calls CreateThread and GetThread with nothing but the descriptors reflection serves', async () => {
+    const reflection = new GrpcReflection(env.address, credentials.createInsecure());
+    const descriptor = await reflection.getDescriptorBySymbol('comms.v1.ThreadService');
+    const pkg = descriptor.getPackageObject({ keepCase: true, enums: String, defaults: true, longs: String });
+    const Ctor = ((pkg.comms as GrpcObject).v1 as GrpcObject).ThreadService as ServiceClientConstructor;
+    type Callback = (err: Error | null, res: Record<string, unknown>) => void;
+    type DynamicUnary = (req: object, md: Metadata, cb: Callback) => void;
+    const client = new Ctor(env.address, credentials.createInsecure()) as unknown as Client &
+      Record<string, DynamicUnary>;
+    const user = await newUser(newTenant(), 'provider');
+    const unary = (method: string, req: object) =>
+      new Promise<Record<string, unknown>>((resolve, reject) =>
+        client[method]!(req, user.md, (err, res) => (err ? reject(err) : resolve(res))),
+      );
+    try {
+      // The JSON a grpcurl user would type, field names as in the proto.
+      const created = await unary('CreateThread', {
+        subject: 'via reflection',
+        participants: [{ user_id: 'patient-1', role: 'PARTICIPANT_ROLE_PATIENT' }],
+      });
+      const thread = created.thread as Record<string, unknown>;
+      expect(thread.state).to.equal('THREAD_STATE_ACTIVE');
+      const got = await unary('GetThread', { thread_id: thread.thread_id });
+      expect((got.thread as Record<string, unknown>).subject).to.equal('via reflection');
+    } finally {
+      client.close();
+    }
+  });
+});
+
+describe('server: authentication', () => {
+  let client: ThreadServiceClient;
+  before(() => (client = threadClient()));
+  after(() => client.close());
+  const list = (md: Metadata) => call(client, client.listThreads, { pageSize: 0, pageToken: '', state: 0 }, md);
+  const claims = (tenant: string) => ({
+    sub: 'someone',
+    tenant,
+    roles: ['provider'] as const,
+    issuer: env.config.jwt.issuer,
+    audience: env.config.jwt.audience,
+  });
+
+  it('accepts a valid token', async () => {
+    const user = await newUser(newTenant(), 'patient');
+    const res = await list(user.md);
+    expect(res.threads).to.deep.equal([]);
+  });
+
+  it('refuses a call without authorization metadata', async () => {
+    await expectError(list(new Metadata()), status.UNAUTHENTICATED, 'UNAUTHENTICATED');
+  });
+
+  it('refuses a malformed authorization header', async () => {
+    const md = new Metadata();
+    md.set('authorization', 'Basic dXNlcjpwYXNz');
+    await expectError(list(md), status.UNAUTHENTICATED, 'UNAUTHENTICATED');
+  });
+
+  it('refuses an expired token', async () => {
+    const token = await signDevToken(env.config.jwt.secret!, { ...claims(newTenant()), ttlSeconds: -120 });
+    const { err } = await expectError(list(bearer(token)), status.UNAUTHENTICATED, 'UNAUTHENTICATED');
+    expect(err.details).to.match(/expired/);
+  });
+
+  it('refuses a token signed with another secret', async () => {
+    const token = await signDevToken('x'.repeat(40), claims(newTenant()));
+    await expectError(list(bearer(token)), status.UNAUTHENTICATED, 'UNAUTHENTICATED');
+  });
+
+  it('refuses an unsigned token (alg: none)', async () => {
+    const token = new UnsecuredJWT({ tenant: newTenant(), roles: ['staff'] })
+      .setSubject('mallory')
+      .setIssuer(env.config.jwt.issuer)
+      .setAudience(env.config.jwt.audience)
+      .setExpirationTime('1h')
+      .encode();
+    await expectError(list(bearer(token)), status.UNAUTHENTICATED, 'UNAUTHENTICATED');
+  });
+
+  it('refuses a wrong audience or issuer', async () => {
+    const wrongAud = await signDevToken(env.config.jwt.secret!, { ...claims(newTenant()), audience: 'other' });
+    await expectError(list(bearer(wrongAud)), status.UNAUTHENTICATED, 'UNAUTHENTICATED');
+    const wrongIss = await signDevToken(env.config.jwt.secret!, { ...claims(newTenant()), issuer: 'other' });
+    await expectError(list(bearer(wrongIss)), status.UNAUTHENTICATED, 'UNAUTHENTICATED');
+  });
+
+  it('refuses a token without tenant', async () => {
+    const token = await new SignJWT({ roles: ['provider'] })
+      .setProtectedHeader({ alg: 'HS256' })
+      .setSubject('someone')
+      .setIssuer(env.config.jwt.issuer)
+      .setAudience(env.config.jwt.audience)
+      .setExpirationTime('1h')
+      .sign(new TextEncoder().encode(env.config.jwt.secret!));
+    const { err } = await expectError(list(bearer(token)), status.UNAUTHENTICATED, 'UNAUTHENTICATED');
+    expect(err.details).to.match(/tenant/);
+  });
+
+  it('refuses a token whose roles are all unknown (no escalation by inventing a role)', async () => {
+    const token = await new SignJWT({ tenant: newTenant(), roles: ['admin', 'root'] })
+      .setProtectedHeader({ alg: 'HS256' })
+      .setSubject('someone')
+      .setIssuer(env.config.jwt.issuer)
+      .setAudience(env.config.jwt.audience)
+      .setExpirationTime('1h')
+      .sign(new TextEncoder().encode(env.config.jwt.secret!));
+    await expectError(list(bearer(token)), status.PERMISSION_DENIED, 'NO_ROLE');
+  });
+});
+
+describe('server: errors and unimplemented services', () => {
+  it('sends google.rpc.Status with ErrorInfo and BadRequest that a client decodes', async () => {
+    const client = threadClient();
+    try {
+      const user = await newUser(newTenant(), 'provider');
+      const { badRequest, status: rpcStatus } = await expectError(
+        call(client, client.getThread, { threadId: 'not-a-uuid' }, user.md),
+        status.INVALID_ARGUMENT,
+        'INVALID_ARGUMENT',
+      );
+      expect(rpcStatus.code).to.equal(status.INVALID_ARGUMENT);
+      expect(badRequest?.fieldViolations.map((v) => v.field)).to.deep.equal(['thread_id']);
+    } finally {
+      client.close();
+    }
+  });
+
+  it('answers UNIMPLEMENTED with reason NOT_IMPLEMENTED_YET for services of later issues', async () => {
+    const client = new MessageServiceClient(env.address, credentials.createInsecure());
+    try {
+      const user = await newUser(newTenant(), 'patient');
+      const { info } = await expectError(
+        call(client, client.getMessage, { messageId: '0190d7a0-0000-7000-8000-000000000000' }, user.md),
+        status.UNIMPLEMENTED,
+        'NOT_IMPLEMENTED_YET',
+      );
+      expect(info?.metadata.issue).to.equal('4');
+    } finally {
+      client.close();
+    }
+  });
+
+  it('refuses a request larger than the receive limit', async () => {
+    const client = threadClient();
+    try {
+      const user = await newUser(newTenant(), 'provider');
+      const err = await call(
+        client,
+        client.createThread,
+        { subject: 'x'.repeat(env.config.grpc.maxReceiveBytes + 10), participants: [], requestId: '' },
+        user.md,
+      ).then(
+        () => expect.fail('expected RESOURCE_EXHAUSTED'),
+        (e: { code: number }) => e,
+      );
+      expect(err.code).to.equal(status.RESOURCE_EXHAUSTED);
+    } finally {
+      client.close();
+    }
+  });
+
+  it('honours a deadline that has already passed', async () => {
+    const client = threadClient();
+    try {
+      const user = await newUser(newTenant(), 'provider');
+      const err = await call(client, client.listThreads, { pageSize: 0, pageToken: '', state: 0 }, user.md, {
+        deadline: new Date(Date.now() - 1),
+      }).then(
+        () => expect.fail('expected DEADLINE_EXCEEDED'),
+        (e: { code: number }) => e,
+      );
+      expect(err.code).to.equal(status.DEADLINE_EXCEEDED);
+    } finally {
+      client.close();
+    }
+  });
+});
