@@ -2445,6 +2445,9 @@ export const ReopenThreadResponse: MessageFns<ReopenThreadResponse> = {
  * is set and no longer matches, the call fails with ABORTED (ErrorInfo reason `ETAG_MISMATCH`) and
  * nothing changes; the client re-reads the thread and decides again.
  *
+ * A caller who may see a thread but not change it gets PERMISSION_DENIED (ErrorInfo reason
+ * `THREAD_PERMISSION_DENIED`, metadata `thread_id` and `action`).
+ *
  * Access: every caller acts inside the tenant of its token. Patients and providers see the threads they
  * take part in; staff and service callers govern every thread of their tenant. A thread the caller may
  * not see does not exist for it (NOT_FOUND, ErrorInfo reason `THREAD_NOT_FOUND`), also across tenants.
@@ -2487,7 +2490,9 @@ export const ThreadServiceService = {
   },
   /**
    * Adds a participant to a thread. Allowed for staff and service, and for providers who take part in
-   * the thread. Adding someone who already takes part changes nothing and returns the thread.
+   * the thread. Adding someone who already takes part changes nothing and returns the thread. A thread
+   * has at most 50 participants (FAILED_PRECONDITION, reason `THREAD_FULL`); an archived thread is
+   * refused (FAILED_PRECONDITION, reason `THREAD_ARCHIVED`).
    */
   addParticipant: {
     path: "/comms.v1.ThreadService/AddParticipant" as const,
@@ -2502,8 +2507,10 @@ export const ThreadServiceService = {
   },
   /**
    * Removes a participant from a thread. Allowed for staff and service, and for providers who take
-   * part in the thread. The escalation assignee cannot be removed while the escalation stands, and the
-   * last participant cannot be removed (FAILED_PRECONDITION).
+   * part in the thread. The escalation assignee cannot be removed while the escalation stands
+   * (FAILED_PRECONDITION, reason `ESCALATION_ASSIGNEE`), nor the last participant (reason
+   * `LAST_PARTICIPANT`); someone who does not take part is NOT_FOUND (reason `PARTICIPANT_NOT_FOUND`);
+   * an archived thread is refused (reason `THREAD_ARCHIVED`).
    */
   removeParticipant: {
     path: "/comms.v1.ThreadService/RemoveParticipant" as const,
@@ -2577,13 +2584,17 @@ export interface ThreadServiceServer extends UntypedServiceImplementation {
   listThreads: handleUnaryCall<ListThreadsRequest, ListThreadsResponse>;
   /**
    * Adds a participant to a thread. Allowed for staff and service, and for providers who take part in
-   * the thread. Adding someone who already takes part changes nothing and returns the thread.
+   * the thread. Adding someone who already takes part changes nothing and returns the thread. A thread
+   * has at most 50 participants (FAILED_PRECONDITION, reason `THREAD_FULL`); an archived thread is
+   * refused (FAILED_PRECONDITION, reason `THREAD_ARCHIVED`).
    */
   addParticipant: handleUnaryCall<AddParticipantRequest, AddParticipantResponse>;
   /**
    * Removes a participant from a thread. Allowed for staff and service, and for providers who take
-   * part in the thread. The escalation assignee cannot be removed while the escalation stands, and the
-   * last participant cannot be removed (FAILED_PRECONDITION).
+   * part in the thread. The escalation assignee cannot be removed while the escalation stands
+   * (FAILED_PRECONDITION, reason `ESCALATION_ASSIGNEE`), nor the last participant (reason
+   * `LAST_PARTICIPANT`); someone who does not take part is NOT_FOUND (reason `PARTICIPANT_NOT_FOUND`);
+   * an archived thread is refused (reason `THREAD_ARCHIVED`).
    */
   removeParticipant: handleUnaryCall<RemoveParticipantRequest, RemoveParticipantResponse>;
   /**
@@ -2661,7 +2672,9 @@ export interface ThreadServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * Adds a participant to a thread. Allowed for staff and service, and for providers who take part in
-   * the thread. Adding someone who already takes part changes nothing and returns the thread.
+   * the thread. Adding someone who already takes part changes nothing and returns the thread. A thread
+   * has at most 50 participants (FAILED_PRECONDITION, reason `THREAD_FULL`); an archived thread is
+   * refused (FAILED_PRECONDITION, reason `THREAD_ARCHIVED`).
    */
   addParticipant(
     request: AddParticipantRequest,
@@ -2680,8 +2693,10 @@ export interface ThreadServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * Removes a participant from a thread. Allowed for staff and service, and for providers who take
-   * part in the thread. The escalation assignee cannot be removed while the escalation stands, and the
-   * last participant cannot be removed (FAILED_PRECONDITION).
+   * part in the thread. The escalation assignee cannot be removed while the escalation stands
+   * (FAILED_PRECONDITION, reason `ESCALATION_ASSIGNEE`), nor the last participant (reason
+   * `LAST_PARTICIPANT`); someone who does not take part is NOT_FOUND (reason `PARTICIPANT_NOT_FOUND`);
+   * an archived thread is refused (reason `THREAD_ARCHIVED`).
    */
   removeParticipant(
     request: RemoveParticipantRequest,
