@@ -13,6 +13,8 @@ export interface CallContext {
   readonly actor: Actor;
   /** A fresh EntityManager fork for this call only. */
   readonly em: EntityManager;
+  /** The client's deadline, if it set one; the domain bounds its transactions by it. */
+  readonly deadline: Date | undefined;
   /** Aborted when the client cancels or the deadline passes. */
   readonly signal: AbortSignal;
   /** The client's `x-request-id`, or a generated one; logged with the call. */
@@ -81,13 +83,14 @@ export class RpcAdapter {
     signal: AbortSignal,
     requestId: string,
   ): Promise<Res> {
-    const deadline = call.getDeadline();
-    if (deadline instanceof Date && deadline.getTime() <= Date.now()) {
+    const raw = call.getDeadline();
+    const deadline = raw instanceof Date ? raw : Number.isFinite(raw) ? new Date(raw) : undefined;
+    if (deadline && deadline.getTime() <= Date.now()) {
       throw new DeadlineExceeded();
     }
     const { actor } = await this.deps.auth.authenticate(authorizationOf(call.metadata));
     const em = this.deps.orm.em.fork() as EntityManager;
-    return handler(call.request, { actor, em, signal, requestId });
+    return handler(call.request, { actor, em, deadline, signal, requestId });
   }
 }
 

@@ -84,6 +84,13 @@ export function toStatus(err: unknown): { status: ErrorStatus; internal: boolean
       internal: false,
     };
   }
+  if (sqlState(err) === '57014') {
+    // statement_timeout set from the caller's deadline (src/domain/db.ts): the transaction rolled back.
+    return {
+      status: errorStatus(status.DEADLINE_EXCEEDED, 'deadline exceeded', 'DEADLINE_EXCEEDED', {}),
+      internal: false,
+    };
+  }
   if (err instanceof DeadlockException || err instanceof LockWaitTimeoutException) {
     return {
       status: errorStatus(status.ABORTED, 'concurrent update; retry', 'CONCURRENT_UPDATE', {}),
@@ -107,6 +114,12 @@ const UNAVAILABLE_CODES = new Set([
   '08003',
   '08006',
 ]);
+
+function sqlState(err: unknown): string | undefined {
+  const e = err as { code?: unknown; sqlState?: unknown } | undefined;
+  const code = e?.sqlState ?? e?.code;
+  return typeof code === 'string' ? code : undefined;
+}
 
 function isDatabaseUnavailable(err: unknown): boolean {
   if (err instanceof ConnectionException) return true;

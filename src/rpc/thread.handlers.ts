@@ -22,9 +22,9 @@ import { escalationLevelFromPb, participantSpecFromPb, threadStateFromPb, thread
 
 /** ThreadService handlers: decode → domain → encode. */
 export function threadHandlers(threads: ThreadService) {
-  const createThread: UnaryHandler<CreateThreadRequest, CreateThreadResponse> = async (req, { actor, em }) => ({
+  const createThread: UnaryHandler<CreateThreadRequest, CreateThreadResponse> = async (req, ctx) => ({
     thread: threadToPb(
-      await threads.create(em, actor, {
+      await threads.create(ctx.actor, ctx, {
         subject: req.subject,
         participants: req.participants.map(participantSpecFromPb),
         requestId: req.requestId,
@@ -32,12 +32,12 @@ export function threadHandlers(threads: ThreadService) {
     ),
   });
 
-  const getThread: UnaryHandler<GetThreadRequest, GetThreadResponse> = async (req, { actor, em }) => ({
-    thread: threadToPb(await threads.get(em, actor, req.threadId)),
+  const getThread: UnaryHandler<GetThreadRequest, GetThreadResponse> = async (req, ctx) => ({
+    thread: threadToPb(await threads.get(ctx.actor, ctx, req.threadId)),
   });
 
-  const listThreads: UnaryHandler<ListThreadsRequest, ListThreadsResponse> = async (req, { actor, em }) => {
-    const page = await threads.list(em, actor, {
+  const listThreads: UnaryHandler<ListThreadsRequest, ListThreadsResponse> = async (req, ctx) => {
+    const page = await threads.list(ctx.actor, ctx, {
       pageSize: req.pageSize,
       pageToken: req.pageToken,
       state: threadStateFromPb(req.state),
@@ -45,20 +45,19 @@ export function threadHandlers(threads: ThreadService) {
     return { threads: page.views.map(threadToPb), nextPageToken: page.nextPageToken, asOf: page.asOf };
   };
 
-  const addParticipant: UnaryHandler<AddParticipantRequest, AddParticipantResponse> = async (req, { actor, em }) => ({
+  const addParticipant: UnaryHandler<AddParticipantRequest, AddParticipantResponse> = async (req, ctx) => ({
     thread: threadToPb(
-      await threads.addParticipant(em, actor, req.threadId, participantSpecFromPb(req.participant), req.etag),
+      await threads.addParticipant(ctx.actor, ctx, req.threadId, participantSpecFromPb(req.participant), req.etag),
     ),
   });
 
-  const removeParticipant: UnaryHandler<RemoveParticipantRequest, RemoveParticipantResponse> = async (
-    req,
-    { actor, em },
-  ) => ({ thread: threadToPb(await threads.removeParticipant(em, actor, req.threadId, req.userId, req.etag)) });
+  const removeParticipant: UnaryHandler<RemoveParticipantRequest, RemoveParticipantResponse> = async (req, ctx) => ({
+    thread: threadToPb(await threads.removeParticipant(ctx.actor, ctx, req.threadId, req.userId, req.etag)),
+  });
 
-  const escalateThread: UnaryHandler<EscalateThreadRequest, EscalateThreadResponse> = async (req, { actor, em }) => ({
+  const escalateThread: UnaryHandler<EscalateThreadRequest, EscalateThreadResponse> = async (req, ctx) => ({
     thread: threadToPb(
-      await threads.escalate(em, actor, req.threadId, {
+      await threads.escalate(ctx.actor, ctx, req.threadId, {
         level: escalationLevelFromPb(req.level),
         assigneeUserId: req.assigneeUserId,
         reason: req.reason,
@@ -67,12 +66,12 @@ export function threadHandlers(threads: ThreadService) {
     ),
   });
 
-  const archiveThread: UnaryHandler<ArchiveThreadRequest, ArchiveThreadResponse> = async (req, { actor, em }) => ({
-    thread: threadToPb(await threads.archive(em, actor, req.threadId, req.etag)),
+  const archiveThread: UnaryHandler<ArchiveThreadRequest, ArchiveThreadResponse> = async (req, ctx) => ({
+    thread: threadToPb(await threads.archive(ctx.actor, ctx, req.threadId, req.etag)),
   });
 
-  const reopenThread: UnaryHandler<ReopenThreadRequest, ReopenThreadResponse> = async (req, { actor, em }) => ({
-    thread: threadToPb(await threads.reopen(em, actor, req.threadId, req.etag)),
+  const reopenThread: UnaryHandler<ReopenThreadRequest, ReopenThreadResponse> = async (req, ctx) => ({
+    thread: threadToPb(await threads.reopen(ctx.actor, ctx, req.threadId, req.etag)),
   });
 
   return {

@@ -1,5 +1,6 @@
 import type { EntityManager } from '@mikro-orm/postgresql';
 import type { Actor } from '../actor.js';
+import { boundByDeadline, type Db } from '../db.js';
 import type { Clock } from '../clock.js';
 import { newId } from '../ids.js';
 import { decodePageToken, encodePageToken } from '../page-token.js';
@@ -61,7 +62,7 @@ type Mutation = (view: ThreadView, em: EntityManager, now: Date) => boolean;
 export class ThreadService {
   constructor(private readonly clock: Clock) {}
 
-  async create(em: EntityManager, actor: Actor, input: CreateThreadInput): Promise<ThreadView> {
+  async create(actor: Actor, { em }: Db, input: CreateThreadInput): Promise<ThreadView> {
     const v = checkCreateThread(actor, input.subject, input.participants);
     checkRequestId(v, 'request_id', input.requestId);
     v.throwIfAny();
@@ -120,7 +121,7 @@ export class ThreadService {
     return winner;
   }
 
-  async get(em: EntityManager, actor: Actor, threadId: string): Promise<ThreadView> {
+  async get(actor: Actor, { em }: Db, threadId: string): Promise<ThreadView> {
     const v = new Violations();
     const id = checkUuid(v, 'thread_id', threadId);
     v.throwIfAny();
@@ -129,7 +130,7 @@ export class ThreadService {
     return view;
   }
 
-  async list(em: EntityManager, actor: Actor, input: ListThreadsInput): Promise<ThreadPage> {
+  async list(actor: Actor, { em }: Db, input: ListThreadsInput): Promise<ThreadPage> {
     const size = pageSize(input.pageSize, 50, 200);
     const state = input.state ?? null;
     let after: { lastActivityAt: Date; threadId: string } | undefined;
@@ -157,10 +158,10 @@ export class ThreadService {
     return { views, nextPageToken, asOf };
   }
 
-  addParticipant(em: EntityManager, actor: Actor, threadId: string, spec: ParticipantSpec, etag: string) {
+  addParticipant(actor: Actor, db: Db, threadId: string, spec: ParticipantSpec, etag: string) {
     const v = new Violations();
     checkParticipantSpec(v, 'participant', spec);
-    return this.#mutate(em, actor, threadId, etag, v, 'manage', 'add participants to', (view, tem, now) => {
+    return this.#mutate(actor, db, threadId, etag, v, 'manage', 'add participants to', (view, tem, now) => {
       requireActive(view);
       if (view.participants.some((p) => p.userId === spec.userId)) return false;
       if (view.participants.length >= THREAD_LIMITS.maxParticipants) {
@@ -176,10 +177,10 @@ export class ThreadService {
     });
   }
 
-  removeParticipant(em: EntityManager, actor: Actor, threadId: string, userId: string, etag: string) {
+  removeParticipant(actor: Actor, db: Db, threadId: string, userId: string, etag: string) {
     const v = new Violations();
     checkUserId(v, 'user_id', userId);
-    return this.#mutate(em, actor, threadId, etag, v, 'manage', 'remove participants from', (view, tem) => {
+    return this.#mutate(actor, db, threadId, etag, v, 'manage', 'remove participants from', (view, tem) => {
       requireActive(view);
       const { thread } = view;
       const row = view.participants.find((p) => p.userId === userId);
@@ -202,13 +203,13 @@ export class ThreadService {
   }
 
   escalate(
-    em: EntityManager,
     actor: Actor,
+    db: Db,
     threadId: string,
     input: { level: EscalationLevel | undefined; assigneeUserId: string; reason: string; etag: string },
   ) {
     const v = checkEscalation(input.level, input.assigneeUserId, input.reason);
-    return this.#mutate(em, actor, threadId, input.etag, v, 'manage', 'escalate', (view, tem, now) => {
+    return this.#mutate(actor, db, threadId, input.etag, v, 'manage', 'escalate', (view, tem, now) => {
       requireActive(view);
       const { thread } = view;
       const level = input.level!;
@@ -224,8 +225,8 @@ export class ThreadService {
     });
   }
 
-  archive(em: EntityManager, actor: Actor, threadId: string, etag: string) {
-    return this.#mutate(em, actor, threadId, etag, new Violations(), 'manage', 'archive', (view, _tem, now) => {
+  archive(actor: Actor, db: Db, threadId: string, etag: string) {
+    return this.#mutate(actor, db, threadId, etag, new Violations(), 'manage', 'archive', (view, _tem, now) => {
       if (view.thread.state === 'archived') return false;
       view.thread.state = 'archived';
       view.thread.archivedAt = now;
@@ -233,8 +234,8 @@ export class ThreadService {
     });
   }
 
-  reopen(em: EntityManager, actor: Actor, threadId: string, etag: string) {
-    return this.#mutate(em, actor, threadId, etag, new Violations(), 'reopen', 'reopen', (view) => {
+  reopen(actor: Actor, db: Db, threadId: string, etag: string) {
+    return this.#mutate(actor, db, threadId, etag, new Violations(), 'reopen', 'reopen', (view) => {
       if (view.thread.state === 'active') return false;
       view.thread.state = 'active';
       view.thread.archivedAt = null;
@@ -247,8 +248,8 @@ export class ThreadService {
    * permission, apply, bump version/updated_at when something changed, commit.
    */
   async #mutate(
-    em: EntityManager,
     actor: Actor,
+    db: Db,
     threadId: string,
     etag: string,
     v: Violations,
@@ -258,7 +259,8 @@ export class ThreadService {
   ): Promise<ThreadView> {
     const id = checkUuid(v, 'thread_id', threadId);
     v.throwIfAny();
-    return em.transactional(async (tem) => {
+    return db.em.transactional(async (tem) => {
+      await boundByDeadline(tem, db.deadline);
       const view = await new ThreadRepository(tem).load(actor.tenantId, id, true);
       const allowed = view && threadPermissions(actor, view.participants);
       if (!view || !allowed?.see) throw new ThreadNotFound(id);
