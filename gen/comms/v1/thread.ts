@@ -200,7 +200,7 @@ export interface Thread {
   subject: string;
   /** Lifecycle state; changed only by ArchiveThread and ReopenThread. */
   state: ThreadState;
-  /** Who takes part, in the order they were added. */
+  /** Who takes part, in the order they were added (those added at the same time, by user_id). */
   participants: Participant[];
   /** The current escalation; level ESCALATION_LEVEL_NONE when the thread is not escalated. */
   escalation:
@@ -2527,7 +2527,7 @@ export const ThreadServiceService = {
    * Sets the thread's escalation (level, assignee, reason); level NONE clears it. Allowed for staff and
    * service, and for providers who take part in the thread. The assignee is added as a participant
    * (role CARE_STAFF) when not already one. Refused on an archived thread (FAILED_PRECONDITION,
-   * reason `THREAD_ARCHIVED`).
+   * reason `THREAD_ARCHIVED`), and so is a new assignee on a full thread (reason `THREAD_FULL`).
    */
   escalateThread: {
     path: "/comms.v1.ThreadService/EscalateThread" as const,
@@ -2601,7 +2601,7 @@ export interface ThreadServiceServer extends UntypedServiceImplementation {
    * Sets the thread's escalation (level, assignee, reason); level NONE clears it. Allowed for staff and
    * service, and for providers who take part in the thread. The assignee is added as a participant
    * (role CARE_STAFF) when not already one. Refused on an archived thread (FAILED_PRECONDITION,
-   * reason `THREAD_ARCHIVED`).
+   * reason `THREAD_ARCHIVED`), and so is a new assignee on a full thread (reason `THREAD_FULL`).
    */
   escalateThread: handleUnaryCall<EscalateThreadRequest, EscalateThreadResponse>;
   /**
@@ -2717,7 +2717,7 @@ export interface ThreadServiceClient extends Client {
    * Sets the thread's escalation (level, assignee, reason); level NONE clears it. Allowed for staff and
    * service, and for providers who take part in the thread. The assignee is added as a participant
    * (role CARE_STAFF) when not already one. Refused on an archived thread (FAILED_PRECONDITION,
-   * reason `THREAD_ARCHIVED`).
+   * reason `THREAD_ARCHIVED`), and so is a new assignee on a full thread (reason `THREAD_FULL`).
    */
   escalateThread(
     request: EscalateThreadRequest,

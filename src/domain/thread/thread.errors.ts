@@ -34,10 +34,10 @@ export class ThreadPermissionDenied extends PermissionDenied {
   }
 }
 
-/** A participant change that would leave the thread in a state the policy forbids. */
+/** A participant change (add or remove) that would leave the thread in a state the policy forbids. */
 export class ParticipantChangeRefused extends DomainError {
   constructor(threadId: string, userId: string, why: string, reason: string) {
-    super('failed_precondition', reason, `cannot remove ${userId} from thread ${threadId}: ${why}`, {
+    super('failed_precondition', reason, `participant ${userId} of thread ${threadId}: ${why}`, {
       thread_id: threadId,
       user_id: userId,
     });

@@ -2,7 +2,7 @@ import type { EntityManager } from '@mikro-orm/postgresql';
 import type { Actor } from '../actor.js';
 import { boundByDeadline, type Db } from '../db.js';
 import type { Clock } from '../clock.js';
-import { newId } from '../ids.js';
+import { isUuid, newId } from '../ids.js';
 import { decodePageToken, encodePageToken } from '../page-token.js';
 import { InvalidArgument, Violations } from '../errors.js';
 import { checkRequestId, checkUserId, checkUuid, pageSize } from '../validation.js';
@@ -110,7 +110,10 @@ export class ThreadService {
         { persist: false },
       ),
     );
-    if (await repo.insert(thread, participants)) return { thread, participants };
+    if (await repo.insert(thread, participants)) {
+      // Read back so the participants come in the one order every read uses.
+      return (await repo.load(actor.tenantId, thread.threadId))!;
+    }
     // A concurrent retry with the same request id committed first: answer with its thread.
     const winner = await new ThreadRepository(em.fork()).findByCreateRequest(
       actor.tenantId,
@@ -137,7 +140,7 @@ export class ThreadService {
     if (input.pageToken !== '') {
       const token = decodePageToken('threads', input.pageToken);
       const at = new Date(String(token.at));
-      if (token.state !== state || typeof token.id !== 'string' || Number.isNaN(at.getTime())) {
+      if (token.state !== state || typeof token.id !== 'string' || !isUuid(token.id) || Number.isNaN(at.getTime())) {
         throw new InvalidArgument([{ field: 'page_token', description: 'does not belong to this filter' }]);
       }
       after = { lastActivityAt: at, threadId: token.id };
@@ -164,14 +167,7 @@ export class ThreadService {
     return this.#mutate(actor, db, threadId, etag, v, 'manage', 'add participants to', (view, tem, now) => {
       requireActive(view);
       if (view.participants.some((p) => p.userId === spec.userId)) return false;
-      if (view.participants.length >= THREAD_LIMITS.maxParticipants) {
-        throw new ParticipantChangeRefused(
-          view.thread.threadId,
-          spec.userId,
-          `a thread has at most ${THREAD_LIMITS.maxParticipants} participants`,
-          'THREAD_FULL',
-        );
-      }
+      requireRoom(view, spec.userId);
       addParticipantRow(tem, view, spec.userId, spec.role!, actor.userId, now);
       return true;
     });
@@ -186,13 +182,18 @@ export class ThreadService {
       const row = view.participants.find((p) => p.userId === userId);
       if (!row) throw new ParticipantNotFound(thread.threadId, userId);
       if (view.participants.length === 1) {
-        throw new ParticipantChangeRefused(thread.threadId, userId, 'the last participant', 'LAST_PARTICIPANT');
+        throw new ParticipantChangeRefused(
+          thread.threadId,
+          userId,
+          'cannot remove the last participant',
+          'LAST_PARTICIPANT',
+        );
       }
       if (thread.escalationLevel !== 'none' && thread.escalationAssignee === userId) {
         throw new ParticipantChangeRefused(
           thread.threadId,
           userId,
-          'the assignee of the current escalation',
+          'cannot remove the assignee of the current escalation',
           'ESCALATION_ASSIGNEE',
         );
       }
@@ -219,6 +220,7 @@ export class ThreadService {
       thread.escalatedBy = actor.userId;
       thread.escalatedAt = now;
       if (level !== 'none' && !view.participants.some((p) => p.userId === input.assigneeUserId)) {
+        requireRoom(view, input.assigneeUserId);
         addParticipantRow(tem, view, input.assigneeUserId, 'care_staff', actor.userId, now);
       }
       return true;
@@ -275,6 +277,18 @@ export class ThreadService {
       }
       return view;
     });
+  }
+}
+
+/** Refuses to add `userId` to a thread that already has the maximum number of participants. */
+function requireRoom(view: ThreadView, userId: string): void {
+  if (view.participants.length >= THREAD_LIMITS.maxParticipants) {
+    throw new ParticipantChangeRefused(
+      view.thread.threadId,
+      userId,
+      `a thread has at most ${THREAD_LIMITS.maxParticipants} participants`,
+      'THREAD_FULL',
+    );
   }
 }
 
