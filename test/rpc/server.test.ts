@@ -13,7 +13,7 @@ import { ThreadServiceClient } from '../../gen/comms/v1/thread.js';
 import { MessageServiceClient } from '../../gen/comms/v1/message.js';
 import { signDevToken } from '../../src/infra/auth/dev-token.js';
 import { SERVICE_NAMES } from '../../src/rpc/server.js';
-import { bearer, call, expectError, newTenant, newUser, threadClient } from '../support/clients.js';
+import { bearer, call, callError, expectError, newTenant, newUser, threadClient } from '../support/clients.js';
 import { env } from '../support/hooks.js';
 import { checkHealth, healthClient } from '../support/health.js';
 
@@ -31,10 +31,7 @@ describe('server: health', () => {
   it('answers NOT_FOUND for a service it does not know', async () => {
     const client = healthClient();
     try {
-      const err = await checkHealth(client, 'no.such.Service').then(
-        () => expect.fail('expected NOT_FOUND'),
-        (e: { code: number }) => e,
-      );
+      const err = await callError(checkHealth(client, 'no.such.Service'));
       expect(err.code).to.equal(status.NOT_FOUND);
     } finally {
       client.close();
@@ -198,14 +195,13 @@ describe('server: errors and unimplemented services', () => {
     const client = threadClient();
     try {
       const user = await newUser(newTenant(), 'provider');
-      const err = await call(
-        client,
-        client.createThread,
-        { subject: 'x'.repeat(env.config.grpc.maxReceiveBytes + 10), participants: [], requestId: '' },
-        user.md,
-      ).then(
-        () => expect.fail('expected RESOURCE_EXHAUSTED'),
-        (e: { code: number }) => e,
+      const err = await callError(
+        call(
+          client,
+          client.createThread,
+          { subject: 'x'.repeat(env.config.grpc.maxReceiveBytes + 10), participants: [], requestId: '' },
+          user.md,
+        ),
       );
       expect(err.code).to.equal(status.RESOURCE_EXHAUSTED);
     } finally {
@@ -217,11 +213,10 @@ describe('server: errors and unimplemented services', () => {
     const client = threadClient();
     try {
       const user = await newUser(newTenant(), 'provider');
-      const err = await call(client, client.listThreads, { pageSize: 0, pageToken: '', state: 0 }, user.md, {
-        deadline: new Date(Date.now() - 1),
-      }).then(
-        () => expect.fail('expected DEADLINE_EXCEEDED'),
-        (e: { code: number }) => e,
+      const err = await callError(
+        call(client, client.listThreads, { pageSize: 0, pageToken: '', state: 0 }, user.md, {
+          deadline: new Date(Date.now() - 1),
+        }),
       );
       expect(err.code).to.equal(status.DEADLINE_EXCEEDED);
     } finally {

@@ -1,10 +1,10 @@
 import { status } from '@grpc/grpc-js';
 import { expect } from 'chai';
 import { waitFor } from '../support/wait.js';
-import pg from 'pg';
 import { EscalationLevel, ParticipantRole } from '../../gen/comms/v1/thread.js';
-import { call, newTenant, newUser, threadClient } from '../support/clients.js';
-import { env, startTestApp } from '../support/hooks.js';
+import { createThread, holdThreadLock, participant } from '../support/threads.js';
+import { call, callError, newTenant, newUser, threadClient } from '../support/clients.js';
+import { startTestApp } from '../support/hooks.js';
 import { checkHealth, healthClient } from '../support/health.js';
 
 describe('server: graceful shutdown', () => {
@@ -14,33 +14,19 @@ describe('server: graceful shutdown', () => {
     const address = `127.0.0.1:${app.port}`;
     const client = threadClient(address);
     const health = healthClient(address);
-    const locker = new pg.Client({ connectionString: env.db.url });
-    await locker.connect();
+    let lock: Awaited<ReturnType<typeof holdThreadLock>> | undefined;
     try {
       const staff = await newUser(newTenant(), 'staff');
-      const { thread } = await call(
-        client,
-        client.createThread,
-        {
-          subject: 'in flight',
-          participants: [
-            { userId: 'p1', role: ParticipantRole.PARTICIPANT_ROLE_PATIENT, addedAt: undefined, addedBy: '' },
-          ],
-          requestId: '',
-        },
-        staff.md,
-      );
+      const thread = await createThread(client, staff, {
+        participants: [participant('p1', ParticipantRole.PARTICIPANT_ROLE_PATIENT)],
+      });
       // Hold the thread's row lock so the escalation below stays in flight until we let go.
-      await locker.query('begin');
-      await locker.query('select 1 from thread where tenant_id = $1 and thread_id = $2 for update', [
-        staff.tenantId,
-        thread!.threadId,
-      ]);
+      lock = await holdThreadLock(staff.tenantId, thread.threadId);
       const inFlight = call(
         client,
         client.escalateThread,
         {
-          threadId: thread!.threadId,
+          threadId: thread.threadId,
           level: EscalationLevel.ESCALATION_LEVEL_URGENT,
           assigneeUserId: 'nurse-1',
           reason: 'fever',
@@ -48,12 +34,7 @@ describe('server: graceful shutdown', () => {
         },
         staff.md,
       );
-      await waitFor(async () => {
-        const { rows } = await locker.query(
-          "select count(*)::int as n from pg_stat_activity where wait_event_type = 'Lock' and datname = current_database()",
-        );
-        return rows[0].n > 0;
-      });
+      await waitFor(async () => (await lock!.lockWaiters()) > 0);
 
       expect(await checkHealth(health)).to.equal('SERVING');
       const stopped = app.shutdown();
@@ -61,22 +42,22 @@ describe('server: graceful shutdown', () => {
       expect(await checkHealth(health)).to.equal('NOT_SERVING');
       await new Promise((r) => setTimeout(r, 1700));
       // The server no longer accepts calls, but the escalation in flight is still waiting on the lock.
-      await locker.query('commit');
+      await lock.release();
+      lock = undefined;
 
       const res = await inFlight;
       expect(res.thread?.escalation?.assigneeUserId).to.equal('nurse-1');
       await stopped;
-      const err = await call(client, client.getThread, { threadId: thread!.threadId }, staff.md, {
-        deadline: new Date(Date.now() + 2000),
-      }).then(
-        () => expect.fail('the stopped server answered'),
-        (e: { code: number }) => e,
+      const err = await callError(
+        call(client, client.getThread, { threadId: thread.threadId }, staff.md, {
+          deadline: new Date(Date.now() + 2000),
+        }),
       );
       expect([status.UNAVAILABLE, status.DEADLINE_EXCEEDED]).to.include(err.code);
     } finally {
       client.close();
       health.close();
-      await locker.end();
+      await lock?.release();
       await app.shutdown();
     }
   });

@@ -235,3 +235,28 @@ export function expectWithin(date: Date | undefined, from: Date, to: Date, what 
   expect(date, `${what} set`).to.be.instanceOf(Date);
   expect(date!.getTime(), what).to.be.within(from.getTime(), to.getTime());
 }
+
+/**
+ * Opens a transaction on its own connection that holds the thread's row lock (FOR UPDATE), so a
+ * mutation of that thread stays in flight until `release()`. `waitForWaiter()` resolves once some
+ * backend is blocked on a lock.
+ */
+export async function holdThreadLock(tenantId: string, threadId: string) {
+  const locker = new pg.Client({ connectionString: env.db.url });
+  await locker.connect();
+  await locker.query('begin');
+  await locker.query('select 1 from thread where tenant_id = $1 and thread_id = $2 for update', [tenantId, threadId]);
+  const lockWaiters = async () => {
+    const { rows } = await locker.query(
+      "select count(*)::int as n from pg_stat_activity where wait_event_type = 'Lock' and datname = current_database()",
+    );
+    return rows[0].n as number;
+  };
+  return {
+    lockWaiters,
+    release: async () => {
+      await locker.query('commit');
+      await locker.end();
+    },
+  };
+}
