@@ -1,6 +1,8 @@
 import type { MikroORM } from '@mikro-orm/postgresql';
 import type { HealthImplementation } from 'grpc-health-check';
 import { systemClock, type Clock } from './domain/clock.js';
+import { MessageService } from './domain/message/message.service.js';
+import { ReadReceiptService } from './domain/read-receipt/read-receipt.service.js';
 import { ThreadService } from './domain/thread/thread.service.js';
 import { Authenticator } from './infra/auth/authenticator.js';
 import type { Config } from './infra/config/config.js';
@@ -44,7 +46,12 @@ export async function startApp(config: Config, opts: { clock?: Clock; log?: Logg
   const health = createHealth();
   const server = new Server(serverOptions(config.grpc));
   const adapter = new RpcAdapter({ orm, auth: new Authenticator(config.jwt), log });
-  addServices(server, adapter, new ThreadService(opts.clock ?? systemClock));
+  const clock = opts.clock ?? systemClock;
+  addServices(server, adapter, {
+    threads: new ThreadService(clock),
+    messages: new MessageService(clock, { bodyMaxBytes: config.limits.messageMaxBytes }),
+    receipts: new ReadReceiptService(clock),
+  });
   health.addToServer(server);
   addReflection(server);
   const port = await bind(server, config.host, config.port);

@@ -20,3 +20,21 @@ export async function boundByDeadline(em: EntityManager, deadline: Date | undefi
   if (remaining <= 0) throw new DeadlineExceeded();
   await em.execute(`select set_config('statement_timeout', ?, true)`, [String(Math.ceil(remaining))]);
 }
+
+/**
+ * A timestamptz as raw queries return it (`2026-11-29 21:58:12.263121+00`, MikroORM keeps the driver's
+ * text) or as a Date, as a Date.
+ */
+export function sqlDate(value: unknown): Date {
+  if (value instanceof Date) return value;
+  return new Date(
+    String(value)
+      .replace(' ', 'T')
+      .replace(/([+-]\d\d)$/, '$1:00'),
+  );
+}
+
+/** A nullable timestamptz column. */
+export function sqlDateOrNull(value: unknown): Date | null {
+  return value === null || value === undefined ? null : sqlDate(value);
+}

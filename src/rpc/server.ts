@@ -16,9 +16,12 @@ import { NotificationServiceService } from '../../gen/comms/v1/notification.js';
 import { ReadReceiptServiceService } from '../../gen/comms/v1/read_receipt.js';
 import { VirtualSessionServiceService } from '../../gen/comms/v1/session.js';
 import { ThreadServiceService } from '../../gen/comms/v1/thread.js';
+import type { MessageService } from '../domain/message/message.service.js';
+import type { ReadReceiptService } from '../domain/read-receipt/read-receipt.service.js';
 import type { ThreadService } from '../domain/thread/thread.service.js';
 import type { Config } from '../infra/config/config.js';
 import type { RpcAdapter, UnaryHandler } from './adapter.js';
+import { messageHandlers, readReceiptHandlers } from './message.handlers.js';
 import { threadHandlers } from './thread.handlers.js';
 
 /** The descriptor set `npm run generate` writes with `buf build`; server reflection serves it. */
@@ -27,8 +30,8 @@ export const DESCRIPTOR_SET_PATH = path.resolve(import.meta.dirname, '../../../g
 /** Every comms.v1 service, with the issue that implements it when it is not built yet. */
 const SERVICES = [
   { name: 'comms.v1.ThreadService', definition: ThreadServiceService, issue: undefined },
-  { name: 'comms.v1.MessageService', definition: MessageServiceService, issue: 4 },
-  { name: 'comms.v1.ReadReceiptService', definition: ReadReceiptServiceService, issue: 4 },
+  { name: 'comms.v1.MessageService', definition: MessageServiceService, issue: undefined },
+  { name: 'comms.v1.ReadReceiptService', definition: ReadReceiptServiceService, issue: undefined },
   { name: 'comms.v1.FeedService', definition: FeedServiceService, issue: 5 },
   { name: 'comms.v1.NotificationService', definition: NotificationServiceService, issue: 6 },
   { name: 'comms.v1.VirtualSessionService', definition: VirtualSessionServiceService, issue: 7 },
@@ -54,11 +57,20 @@ export function serverOptions(grpc: Config['grpc']): ChannelOptions {
   };
 }
 
+/** The use cases the handlers call. */
+export interface Domain {
+  readonly threads: ThreadService;
+  readonly messages: MessageService;
+  readonly receipts: ReadReceiptService;
+}
+
 /** Adds every comms.v1 service to `server`; services of later issues answer UNIMPLEMENTED. */
-export function addServices(server: Server, adapter: RpcAdapter, threads: ThreadService): void {
+export function addServices(server: Server, adapter: RpcAdapter, domain: Domain): void {
   const implemented: Record<string, Record<string, UnaryHandler<never, unknown>>> = {
-    'comms.v1.ThreadService': threadHandlers(threads) as Record<string, UnaryHandler<never, unknown>>,
-  };
+    'comms.v1.ThreadService': threadHandlers(domain.threads),
+    'comms.v1.MessageService': messageHandlers(domain.messages),
+    'comms.v1.ReadReceiptService': readReceiptHandlers(domain.receipts),
+  } as Record<string, Record<string, UnaryHandler<never, unknown>>>;
   for (const { name, definition, issue } of SERVICES) {
     const impl: UntypedServiceImplementation = {};
     for (const [method, def] of Object.entries(definition as ServiceDefinition)) {

@@ -5,6 +5,7 @@ import {
   type Thread as PbThread,
   ThreadState as PbThreadState,
 } from '../../gen/comms/v1/thread.js';
+import { encodeCursor } from '../domain/message/message.cursor.js';
 import type { ParticipantSpec } from '../domain/thread/thread.policy.js';
 import {
   type EscalationLevel,
@@ -82,9 +83,11 @@ export function threadToPb(view: ThreadView): PbThread {
     lastActivityAt: t.lastActivityAt,
     archivedAt: t.archivedAt ?? undefined,
     etag: threadEtag(t),
-    // Messages and read receipts arrive with issue 4; until then a thread has no message to count.
-    unreadCount: 0,
-    readUpTo: undefined,
-    latestMessage: undefined,
+    unreadCount: view.readState?.unreadCount ?? 0,
+    readUpTo: view.readState?.readUpTo,
+    latestMessage:
+      t.lastMessageId && t.lastMessageAt
+        ? { messageId: t.lastMessageId, sentAt: t.lastMessageAt, cursor: encodeCursor(t.threadId, t.messageSeq) }
+        : undefined,
   };
 }

@@ -10,7 +10,7 @@ import { GrpcReflection } from 'grpc-js-reflection-client';
 import { SignJWT, UnsecuredJWT } from 'jose';
 import { expect } from 'chai';
 import { ThreadServiceClient } from '../../gen/comms/v1/thread.js';
-import { MessageServiceClient } from '../../gen/comms/v1/message.js';
+import { NotificationServiceClient } from '../../gen/comms/v1/notification.js';
 import { signDevToken } from '../../src/infra/auth/dev-token.js';
 import { SERVICE_NAMES } from '../../src/rpc/server.js';
 import { bearer, call, callError, expectError, newTenant, newUser, threadClient } from '../support/clients.js';
@@ -177,15 +177,15 @@ describe('server: errors and unimplemented services', () => {
   });
 
   it('answers UNIMPLEMENTED with reason NOT_IMPLEMENTED_YET for services of later issues', async () => {
-    const client = new MessageServiceClient(env.address, credentials.createInsecure());
+    const client = new NotificationServiceClient(env.address, credentials.createInsecure());
     try {
       const user = await newUser(newTenant(), 'patient');
       const { info } = await expectError(
-        call(client, client.getMessage, { messageId: '0190d7a0-0000-7000-8000-000000000000' }, user.md),
+        call(client, client.getNotification, { notificationId: '0190d7a0-0000-7000-8000-000000000000' }, user.md),
         status.UNIMPLEMENTED,
         'NOT_IMPLEMENTED_YET',
       );
-      expect(info?.metadata.issue).to.equal('4');
+      expect(info?.metadata.issue).to.equal('6');
     } finally {
       client.close();
     }

@@ -3,6 +3,8 @@ import { type Client, credentials, Metadata, type ServiceError } from '@grpc/grp
 import { expect } from 'chai';
 import { ErrorInfo, BadRequest } from '../../gen/google/rpc/error_details.js';
 import { Status } from '../../gen/google/rpc/status.js';
+import { MessageServiceClient } from '../../gen/comms/v1/message.js';
+import { ReadReceiptServiceClient } from '../../gen/comms/v1/read_receipt.js';
 import { ThreadServiceClient } from '../../gen/comms/v1/thread.js';
 import type { Role } from '../../src/domain/actor.js';
 import { signDevToken } from '../../src/infra/auth/dev-token.js';
@@ -98,4 +100,14 @@ export async function expectError(promise: Promise<unknown>, code: number, reaso
 /** A ThreadService client on the shared test server. */
 export function threadClient(address = env.address): ThreadServiceClient {
   return new ThreadServiceClient(address, credentials.createInsecure());
+}
+
+/** A MessageService client on the shared test server. */
+export function messageClient(address = env.address): MessageServiceClient {
+  return new MessageServiceClient(address, credentials.createInsecure());
+}
+
+/** A ReadReceiptService client on the shared test server. */
+export function receiptClient(address = env.address): ReadReceiptServiceClient {
+  return new ReadReceiptServiceClient(address, credentials.createInsecure());
 }

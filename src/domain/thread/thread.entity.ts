@@ -33,6 +33,10 @@ const ThreadSchema = defineEntity({
     escalatedBy: p.text().nullable(),
     escalatedAt: p.datetime().nullable(),
     createRequestId: p.text().nullable(),
+    /** Messages sent so far; the last one's seq. Written only by the send path (raw SQL, no etag bump). */
+    messageSeq: p.integer(),
+    lastMessageId: p.uuid().nullable(),
+    lastMessageAt: p.datetime().nullable(),
     version: p.integer().version(),
   },
 });
@@ -61,10 +65,17 @@ const ThreadParticipantSchema = defineEntity({
 export class ThreadParticipant extends ThreadParticipantSchema.class {}
 ThreadParticipantSchema.setClass(ThreadParticipant);
 
-/** A thread with its participants, as the use cases load and return it. */
+/** The caller's read state in a thread: its watermark position and unread count. */
+export interface ReadState {
+  readonly readUpTo: { readonly messageId: string; readonly sentAt: Date; readonly cursor: string } | undefined;
+  readonly unreadCount: number;
+}
+
+/** A thread with its participants (and, once looked up, the caller's read state), as use cases return it. */
 export interface ThreadView {
   readonly thread: Thread;
   readonly participants: readonly ThreadParticipant[];
+  readonly readState?: ReadState;
 }
 
 /** The etag (AIP-154) of a thread version. */

@@ -25,12 +25,20 @@ export interface ThreadPermissions {
  * providers manage the threads they take part in; every participant may see and reopen its threads.
  */
 export function threadPermissions(actor: Actor, participants: readonly ThreadParticipant[]): ThreadPermissions {
-  const member = participants.some((p) => p.userId === actor.userId);
+  return memberPermissions(
+    actor,
+    participants.some((p) => p.userId === actor.userId),
+  );
+}
+
+/** The same rules, from whether the caller takes part. Only participants send and mark messages read. */
+export function memberPermissions(actor: Actor, member: boolean): ThreadPermissions & { readonly post: boolean } {
   const governs = governsTenant(actor);
   return {
     see: governs || member,
     manage: governs || (member && hasRole(actor, 'provider')),
     reopen: governs || member,
+    post: member,
   };
 }
 

@@ -1,5 +1,6 @@
 import { LockMode, UniqueConstraintViolationException } from '@mikro-orm/core';
 import type { EntityManager } from '@mikro-orm/postgresql';
+import { sqlDateOrNull } from '../db.js';
 import type { ThreadState } from './thread.entity.js';
 import { Thread, ThreadParticipant, type ThreadView } from './thread.entity.js';
 
@@ -7,6 +8,16 @@ import { Thread, ThreadParticipant, type ThreadView } from './thread.entity.js';
 export interface ThreadListPosition {
   readonly lastActivityAt: Date;
   readonly threadId: string;
+}
+
+/** What the message and receipt paths need to know of a thread, for one caller. */
+export interface ThreadAccess {
+  readonly state: ThreadState;
+  /** The caller takes part in the thread. */
+  readonly member: boolean;
+  readonly messageSeq: number;
+  readonly lastMessageId: string | null;
+  readonly lastMessageAt: Date | null;
 }
 
 /**
@@ -30,6 +41,35 @@ export class ThreadRepository {
       { orderBy: { addedAt: 'asc', userId: 'asc' } },
     );
     return { thread, participants };
+  }
+
+  /**
+   * The thread's state, message sequence and whether `userId` takes part, in one query; with
+   * `forUpdate`, locks the thread row (the send path's serialization point).
+   */
+  async access(
+    tenantId: string,
+    threadId: string,
+    userId: string,
+    forUpdate = false,
+  ): Promise<ThreadAccess | undefined> {
+    const rows: Record<string, unknown>[] = await this.em.execute(
+      `select t.state, t.message_seq, t.last_message_id, t.last_message_at,
+              exists (select 1 from thread_participant p
+                       where p.tenant_id = t.tenant_id and p.thread_id = t.thread_id and p.user_id = ?) as member
+         from thread t
+        where t.tenant_id = ? and t.thread_id = ?${forUpdate ? ' for update of t' : ''}`,
+      [userId, tenantId, threadId],
+    );
+    const row = rows[0];
+    if (!row) return undefined;
+    return {
+      state: row.state as ThreadState,
+      member: row.member === true,
+      messageSeq: Number(row.message_seq),
+      lastMessageId: (row.last_message_id as string | null) ?? null,
+      lastMessageAt: sqlDateOrNull(row.last_message_at),
+    };
   }
 
   /** The thread a caller created with this idempotency key, if any. */

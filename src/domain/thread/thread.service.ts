@@ -32,6 +32,7 @@ import {
   threadPermissions,
 } from './thread.policy.js';
 import { ThreadRepository } from './thread.repository.js';
+import { ReadReceiptRepository } from '../read-receipt/read-receipt.repository.js';
 
 export interface CreateThreadInput {
   readonly subject: string;
@@ -69,7 +70,7 @@ export class ThreadService {
     const repo = new ThreadRepository(em);
     if (input.requestId !== '') {
       const existing = await repo.findByCreateRequest(actor.tenantId, actor.userId, input.requestId);
-      if (existing) return existing;
+      if (existing) return this.#withReadState(actor, em, existing);
     }
     const now = this.clock.now();
     const thread = em.create(
@@ -90,6 +91,9 @@ export class ThreadService {
         escalatedBy: null,
         escalatedAt: null,
         createRequestId: input.requestId === '' ? null : input.requestId,
+        messageSeq: 0,
+        lastMessageId: null,
+        lastMessageAt: null,
         version: 1,
       },
       { persist: false },
@@ -112,7 +116,7 @@ export class ThreadService {
     );
     if (await repo.insert(thread, participants)) {
       // Read back so the participants come in the one order every read uses.
-      return (await repo.load(actor.tenantId, thread.threadId))!;
+      return this.#withReadState(actor, em, (await repo.load(actor.tenantId, thread.threadId))!);
     }
     // A concurrent retry with the same request id committed first: answer with its thread.
     const winner = await new ThreadRepository(em.fork()).findByCreateRequest(
@@ -121,7 +125,7 @@ export class ThreadService {
       input.requestId,
     );
     if (!winner) throw new Error('create request id conflict without a stored thread');
-    return winner;
+    return this.#withReadState(actor, em, winner);
   }
 
   async get(actor: Actor, { em }: Db, threadId: string): Promise<ThreadView> {
@@ -130,7 +134,7 @@ export class ThreadService {
     v.throwIfAny();
     const view = await new ThreadRepository(em).load(actor.tenantId, id);
     if (!view || !threadPermissions(actor, view.participants).see) throw new ThreadNotFound(id);
-    return view;
+    return this.#withReadState(actor, em, view);
   }
 
   async list(actor: Actor, { em }: Db, input: ListThreadsInput): Promise<ThreadPage> {
@@ -158,7 +162,7 @@ export class ThreadService {
       more && last
         ? encodePageToken('threads', { at: last.lastActivityAt.toISOString(), id: last.threadId, state })
         : '';
-    return { views, nextPageToken, asOf };
+    return { views: await this.#withReadStates(actor, em, views), nextPageToken, asOf };
   }
 
   addParticipant(actor: Actor, db: Db, threadId: string, spec: ParticipantSpec, etag: string) {
@@ -261,7 +265,7 @@ export class ThreadService {
   ): Promise<ThreadView> {
     const id = checkUuid(v, 'thread_id', threadId);
     v.throwIfAny();
-    return db.em.transactional(async (tem) => {
+    const view = await db.em.transactional(async (tem) => {
       await boundByDeadline(tem, db.deadline);
       const view = await new ThreadRepository(tem).load(actor.tenantId, id, true);
       const allowed = view && threadPermissions(actor, view.participants);
@@ -276,6 +280,25 @@ export class ThreadService {
         view.thread.lastActivityAt = now;
       }
       return view;
+    });
+    return this.#withReadState(actor, db.em, view);
+  }
+
+  #withReadState(actor: Actor, em: EntityManager, view: ThreadView): Promise<ThreadView> {
+    return this.#withReadStates(actor, em, [view]).then((views) => views[0]!);
+  }
+
+  /** Adds the caller's watermark and unread count to each view, in one query. */
+  async #withReadStates(actor: Actor, em: EntityManager, views: readonly ThreadView[]): Promise<ThreadView[]> {
+    const marks = await new ReadReceiptRepository(em).watermarks(
+      actor.tenantId,
+      actor.userId,
+      views.map((v) => v.thread.threadId),
+    );
+    const byThread = new Map(marks.map((m) => [m.threadId, m]));
+    return views.map((view) => {
+      const mark = byThread.get(view.thread.threadId);
+      return { ...view, readState: { readUpTo: mark?.readUpTo, unreadCount: mark?.unreadCount ?? 0 } };
     });
   }
 }

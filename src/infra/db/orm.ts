@@ -1,10 +1,11 @@
 import { Migrator } from '@mikro-orm/migrations';
 import { MikroORM, type Options } from '@mikro-orm/postgresql';
+import { Message } from '../../domain/message/message.entity.js';
 import { Thread, ThreadParticipant } from '../../domain/thread/thread.entity.js';
 import { migrationsList } from './migrations/index.js';
 
 /** Every entity of the service. */
-export const entities = [Thread, ThreadParticipant];
+export const entities = [Thread, ThreadParticipant, Message];
 
 /** MikroORM options for a database URL. */
 export function ormOptions(clientUrl: string, poolMax: number): Options {

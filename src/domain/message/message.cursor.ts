@@ -1,0 +1,22 @@
+import { InvalidArgument } from '../errors.js';
+
+/** A position in one thread's message order, as clients hold it: (thread, seq). */
+export interface MessageCursor {
+  readonly threadId: string;
+  readonly seq: number;
+}
+
+/** The opaque cursor string of a message position (Message.cursor, MessagePosition.cursor). */
+export function encodeCursor(threadId: string, seq: number): string {
+  return Buffer.from(`m1:${threadId}:${seq}`, 'utf8').toString('base64url');
+}
+
+/** Decodes a cursor of `threadId`, or throws INVALID_ARGUMENT on `field`. */
+export function decodeCursor(field: string, cursor: string, threadId: string): MessageCursor {
+  const bad = (why: string) => new InvalidArgument([{ field, description: why }]);
+  if (cursor.length > 200 || !/^[A-Za-z0-9_-]+$/.test(cursor)) throw bad('is not a message cursor');
+  const match = /^m1:([0-9a-f-]{36}):(\d{1,10})$/.exec(Buffer.from(cursor, 'base64url').toString('utf8'));
+  if (!match) throw bad('is not a message cursor');
+  if (match[1] !== threadId) throw bad('belongs to another thread');
+  return { threadId, seq: Number(match[2]) };
+}

@@ -1,0 +1,120 @@
+import type { EntityManager } from '@mikro-orm/postgresql';
+import { sqlDate, sqlDateOrNull } from '../db.js';
+import { Message } from './message.entity.js';
+
+/** A stored message, as the use cases pass it around. */
+export interface MessageRecord {
+  readonly tenantId: string;
+  readonly messageId: string;
+  readonly threadId: string;
+  readonly seq: number;
+  readonly senderUserId: string;
+  readonly clientMutationId: string;
+  readonly body: string;
+  readonly bodySha256: Buffer;
+  readonly clientSentAt?: Date | null;
+  readonly sentAt: Date;
+}
+
+const COLUMNS = `tenant_id, message_id, thread_id, seq, sender_user_id, client_mutation_id, body, body_sha256,
+  client_sent_at, sent_at`;
+
+function toRecord(row: Record<string, unknown>): MessageRecord {
+  return {
+    tenantId: row.tenant_id as string,
+    messageId: row.message_id as string,
+    threadId: row.thread_id as string,
+    seq: Number(row.seq),
+    senderUserId: row.sender_user_id as string,
+    clientMutationId: row.client_mutation_id as string,
+    body: row.body as string,
+    bodySha256: row.body_sha256 as Buffer,
+    clientSentAt: sqlDateOrNull(row.client_sent_at),
+    sentAt: sqlDate(row.sent_at),
+  };
+}
+
+/**
+ * Database access for messages. Hot paths use MikroORM's connection with hand-written SQL (one statement
+ * where the unit of work would need several); every statement is scoped by tenant_id first.
+ */
+export class MessageRepository {
+  constructor(private readonly em: EntityManager) {}
+
+  /** The message a sender stored under an idempotency key, if any. */
+  async findByKey(
+    tenantId: string,
+    senderUserId: string,
+    clientMutationId: string,
+  ): Promise<MessageRecord | undefined> {
+    const rows: Record<string, unknown>[] = await this.em.execute(
+      `select ${COLUMNS} from message where tenant_id = ? and sender_user_id = ? and client_mutation_id = ?`,
+      [tenantId, senderUserId, clientMutationId],
+    );
+    return rows[0] && toRecord(rows[0]);
+  }
+
+  async findById(tenantId: string, messageId: string): Promise<MessageRecord | undefined> {
+    return (await this.em.findOne(Message, { tenantId, messageId })) ?? undefined;
+  }
+
+  /** Message `seq` of a thread. */
+  async atSeq(tenantId: string, threadId: string, seq: number): Promise<MessageRecord | undefined> {
+    return (await this.em.findOne(Message, { tenantId, threadId, seq })) ?? undefined;
+  }
+
+  /**
+   * Inserts the message and advances the thread's message sequence in one statement (the caller holds
+   * the thread row lock). Returns undefined when the idempotency key is already taken (a concurrent
+   * send with the same key committed first); nothing is written then.
+   */
+  async append(m: MessageRecord): Promise<MessageRecord | undefined> {
+    const rows: Record<string, unknown>[] = await this.em.execute(
+      `with inserted as (
+         insert into message (${COLUMNS})
+         values (?, ?, ?, ?, ?, ?, ?, decode(?, 'hex'), ?, ?)
+         on conflict (tenant_id, sender_user_id, client_mutation_id) do nothing
+         returning ${COLUMNS}
+       ), advanced as (
+         update thread t
+            set message_seq = i.seq, last_message_id = i.message_id, last_message_at = i.sent_at,
+                last_activity_at = greatest(t.last_activity_at, i.sent_at)
+           from inserted i
+          where t.tenant_id = i.tenant_id and t.thread_id = i.thread_id
+       )
+       select * from inserted`,
+      [
+        m.tenantId,
+        m.messageId,
+        m.threadId,
+        m.seq,
+        m.senderUserId,
+        m.clientMutationId,
+        m.body,
+        m.bodySha256.toString('hex'),
+        m.clientSentAt,
+        m.sentAt,
+      ],
+    );
+    return rows[0] && toRecord(rows[0]);
+  }
+
+  /**
+   * Up to `limit + 1` messages of a thread strictly after (`forward`) or before `boundary` seq, nearest
+   * first; `boundary` undefined starts at the oldest (forward) or newest (backward) end.
+   */
+  page(
+    tenantId: string,
+    threadId: string,
+    forward: boolean,
+    boundary: number | undefined,
+    limit: number,
+  ): Promise<MessageRecord[]> {
+    const range = boundary === undefined ? {} : { seq: forward ? { $gt: boundary } : { $lt: boundary } };
+    return this.em.find(
+      Message,
+      { tenantId, threadId, ...range },
+      { orderBy: { seq: forward ? 'asc' : 'desc' }, limit: limit + 1 },
+    );
+  }
+}

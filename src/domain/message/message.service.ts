@@ -1,0 +1,157 @@
+import { createHash } from 'node:crypto';
+import type { Actor } from '../actor.js';
+import type { Clock } from '../clock.js';
+import { boundByDeadline, type Db } from '../db.js';
+import { InvalidArgument, Violations } from '../errors.js';
+import { decodePageToken, encodePageToken } from '../page-token.js';
+import { ThreadArchived, ThreadNotFound, ThreadPermissionDenied } from '../thread/thread.errors.js';
+import { memberPermissions } from '../thread/thread.policy.js';
+import { type ThreadAccess, ThreadRepository } from '../thread/thread.repository.js';
+import { checkUuid, pageSize } from '../validation.js';
+import { decodeCursor } from './message.cursor.js';
+import { type MessagePosition, position } from './message.entity.js';
+import { IdempotencyKeyReused, MessageNotFound } from './message.errors.js';
+import { nextMessageId } from './message-id.js';
+import { checkSend, type MessageLimits, type SendInput } from './message.policy.js';
+import { type MessageRecord, MessageRepository } from './message.repository.js';
+
+export interface SendResult {
+  readonly message: MessageRecord;
+  /** True when an earlier call stored the message and this one replayed it. */
+  readonly replayed: boolean;
+}
+
+export interface ListMessagesInput {
+  readonly threadId: string;
+  readonly pageSize: number;
+  readonly pageToken: string;
+  readonly direction: 'forward' | 'backward' | undefined;
+  readonly cursor: string;
+}
+
+export interface MessagePage {
+  readonly messages: readonly MessageRecord[];
+  readonly nextPageToken: string;
+  readonly latest: MessagePosition | undefined;
+  readonly asOf: Date;
+}
+
+/**
+ * The message aggregate's use cases (append_only). A send takes the thread's row lock, so messages of
+ * one thread get consecutive `seq`, non-decreasing `sent_at` and increasing ids in commit order.
+ */
+export class MessageService {
+  constructor(
+    private readonly clock: Clock,
+    private readonly limits: MessageLimits,
+  ) {}
+
+  async send(actor: Actor, db: Db, input: SendInput): Promise<SendResult> {
+    const threadId = checkSend(input, this.limits);
+    const digest = createHash('sha256').update(input.body, 'utf8').digest();
+    const repo = new MessageRepository(db.em);
+    // A retry is answered from the stored message before anything else: also once the thread has
+    // been archived, and without touching the thread's lock.
+    const earlier = await repo.findByKey(actor.tenantId, actor.userId, input.clientMutationId);
+    if (earlier) return replay(earlier, threadId, digest);
+
+    const stored = await db.em.transactional(async (em) => {
+      await boundByDeadline(em, db.deadline);
+      const access = await new ThreadRepository(em).access(actor.tenantId, threadId, actor.userId, true);
+      requirePost(actor, threadId, access);
+      if (access.state === 'archived') throw new ThreadArchived(threadId);
+      const now = this.clock.now();
+      const sentAt =
+        access.lastMessageAt && access.lastMessageAt.getTime() > now.getTime() ? access.lastMessageAt : now;
+      return new MessageRepository(em).append({
+        tenantId: actor.tenantId,
+        messageId: nextMessageId(sentAt.getTime(), access.lastMessageId),
+        threadId,
+        seq: access.messageSeq + 1,
+        senderUserId: actor.userId,
+        clientMutationId: input.clientMutationId,
+        body: input.body,
+        bodySha256: digest,
+        clientSentAt: input.clientSentAt ?? null,
+        sentAt,
+      });
+    });
+    if (stored) return { message: stored, replayed: false };
+    // A concurrent send with the same key committed between our lookup and our insert.
+    const winner = await repo.findByKey(actor.tenantId, actor.userId, input.clientMutationId);
+    if (!winner) throw new Error('idempotency key conflict without a stored message');
+    return replay(winner, threadId, digest);
+  }
+
+  async get(actor: Actor, db: Db, messageId: string): Promise<MessageRecord> {
+    const v = new Violations();
+    const id = checkUuid(v, 'message_id', messageId);
+    v.throwIfAny();
+    const message = await new MessageRepository(db.em).findById(actor.tenantId, id);
+    if (!message) throw new MessageNotFound(id);
+    const access = await new ThreadRepository(db.em).access(actor.tenantId, message.threadId, actor.userId);
+    if (!access || !memberPermissions(actor, access.member).see) throw new MessageNotFound(id);
+    return message;
+  }
+
+  async list(actor: Actor, db: Db, input: ListMessagesInput): Promise<MessagePage> {
+    const v = new Violations();
+    const threadId = checkUuid(v, 'thread_id', input.threadId);
+    v.throwIfAny();
+    const size = pageSize(input.pageSize, 50, 200);
+    let forward = input.direction === 'forward';
+    let boundary: number | undefined;
+    let cursor = input.cursor;
+    if (input.pageToken !== '') {
+      const token = decodePageToken('messages', input.pageToken);
+      const tokenForward = token.d === 'f';
+      if (
+        token.t !== threadId ||
+        typeof token.s !== 'number' ||
+        typeof token.c !== 'string' ||
+        (input.direction !== undefined && forward !== tokenForward) ||
+        (cursor !== '' && cursor !== token.c)
+      ) {
+        throw new InvalidArgument([{ field: 'page_token', description: 'does not continue this listing' }]);
+      }
+      forward = tokenForward;
+      boundary = token.s;
+      cursor = token.c;
+    } else if (cursor !== '') {
+      boundary = decodeCursor('cursor', cursor, threadId).seq;
+    }
+    const access = await new ThreadRepository(db.em).access(actor.tenantId, threadId, actor.userId);
+    if (!access || !memberPermissions(actor, access.member).see) throw new ThreadNotFound(threadId);
+    const asOf = this.clock.now();
+    const rows = await new MessageRepository(db.em).page(actor.tenantId, threadId, forward, boundary, size);
+    const more = rows.length > size;
+    const page = rows.slice(0, size);
+    const messages = forward ? page : page.reverse();
+    const edge = forward ? messages.at(-1) : messages[0];
+    const nextPageToken =
+      more && edge ? encodePageToken('messages', { t: threadId, d: forward ? 'f' : 'b', s: edge.seq, c: cursor }) : '';
+    return { messages, nextPageToken, latest: latestPosition(threadId, access), asOf };
+  }
+}
+
+/** The newest message of a thread as a position; undefined when it has none. */
+export function latestPosition(threadId: string, access: ThreadAccess): MessagePosition | undefined {
+  return access.lastMessageId && access.lastMessageAt
+    ? position(threadId, access.messageSeq, access.lastMessageId, access.lastMessageAt)
+    : undefined;
+}
+
+/** Only participants post; a caller who can see the thread but not post is told so, others see nothing. */
+function requirePost(actor: Actor, threadId: string, access: ThreadAccess | undefined): asserts access is ThreadAccess {
+  const can = access && memberPermissions(actor, access.member);
+  if (!can?.see) throw new ThreadNotFound(threadId);
+  if (!can.post) throw new ThreadPermissionDenied(threadId, 'post to');
+}
+
+/** Answers a retry: the original when thread and body match, IDEMPOTENCY_KEY_REUSED otherwise. */
+function replay(earlier: MessageRecord, threadId: string, digest: Buffer): SendResult {
+  if (earlier.threadId !== threadId || !earlier.bodySha256.equals(digest)) {
+    throw new IdempotencyKeyReused(earlier.clientMutationId, earlier.messageId);
+  }
+  return { message: earlier, replayed: true };
+}

@@ -1,0 +1,174 @@
+import type { Actor } from '../actor.js';
+import type { Clock } from '../clock.js';
+import type { Db } from '../db.js';
+import { InvalidArgument, Violations } from '../errors.js';
+import { decodeCursor } from '../message/message.cursor.js';
+import { MessageNotFound } from '../message/message.errors.js';
+import { MessageRepository } from '../message/message.repository.js';
+import { decodePageToken, encodePageToken } from '../page-token.js';
+import { ThreadNotFound, ThreadPermissionDenied } from '../thread/thread.errors.js';
+import { memberPermissions } from '../thread/thread.policy.js';
+import { ThreadRepository } from '../thread/thread.repository.js';
+import { checkUuid, pageSize } from '../validation.js';
+import {
+  type MarkTarget,
+  ReadReceiptRepository,
+  type ReceiptRecord,
+  type WatermarkRecord,
+} from './read-receipt.repository.js';
+
+/** Limits of the receipt aggregate. */
+export const RECEIPT_LIMITS = { maxIdsPerCall: 500 } as const;
+
+export interface MarkReadResult {
+  readonly receipts: readonly ReceiptRecord[];
+  readonly watermarks: readonly WatermarkRecord[];
+}
+
+/**
+ * Read receipts (last-write-wins on (message_id, user_id)) and the read watermarks derived from them.
+ * A mark's `read_at` is clamped to [the message's sent_at, server now]: a reader cannot have read a
+ * message before it was sent, nor in the future.
+ */
+export class ReadReceiptService {
+  constructor(private readonly clock: Clock) {}
+
+  async markRead(
+    actor: Actor,
+    db: Db,
+    input: { messageIds: readonly string[]; readAt: Date | undefined },
+  ): Promise<MarkReadResult> {
+    const v = new Violations();
+    if (input.messageIds.length === 0) v.add('message_ids', 'is required');
+    if (input.messageIds.length > RECEIPT_LIMITS.maxIdsPerCall) {
+      v.add('message_ids', `must hold at most ${RECEIPT_LIMITS.maxIdsPerCall} ids`);
+    }
+    const ids = [
+      ...new Set(
+        input.messageIds.slice(0, RECEIPT_LIMITS.maxIdsPerCall).map((id, i) => checkUuid(v, `message_ids[${i}]`, id)),
+      ),
+    ];
+    checkReadAt(v, input.readAt);
+    v.throwIfAny();
+
+    const repo = new ReadReceiptRepository(db.em);
+    const found = await repo.messagesForMark(actor.tenantId, actor.userId, ids);
+    const byId = new Map(found.map((m) => [m.messageId, m]));
+    for (const id of ids) {
+      const m = byId.get(id);
+      if (!m) throw new MessageNotFound(id);
+      if (!m.member) {
+        // Staff and service may see the message, but only participants keep receipts.
+        if (memberPermissions(actor, false).see) throw new ThreadPermissionDenied(m.threadId, 'mark messages read in');
+        throw new MessageNotFound(id);
+      }
+    }
+    const now = this.clock.now();
+    const requested = clampToNow(input.readAt, now);
+    const targets: MarkTarget[] = found.map((m) => ({ ...m, readAt: laterOf(requested, m.sentAt) }));
+    const furthest = new Map<string, MarkTarget>();
+    for (const t of targets) if ((furthest.get(t.threadId)?.seq ?? 0) < t.seq) furthest.set(t.threadId, t);
+    const { receipts } = await repo.mark(actor.tenantId, actor.userId, targets, [...furthest.values()], now);
+    const watermarks = await repo.watermarks(actor.tenantId, actor.userId, [...furthest.keys()]);
+    return { receipts: sortLike(receipts, ids), watermarks };
+  }
+
+  async markThreadRead(
+    actor: Actor,
+    db: Db,
+    input: { threadId: string; upToMessageId: string; upToCursor: string; readAt: Date | undefined },
+  ): Promise<{ watermark: WatermarkRecord; changed: number }> {
+    const v = new Violations();
+    const threadId = checkUuid(v, 'thread_id', input.threadId);
+    const upToId = input.upToMessageId === '' ? '' : checkUuid(v, 'up_to_message_id', input.upToMessageId);
+    if (upToId !== '' && input.upToCursor !== '') v.add('up_to_cursor', 'must be empty when up_to_message_id is set');
+    checkReadAt(v, input.readAt);
+    v.throwIfAny();
+    const cursorSeq =
+      input.upToCursor === '' ? undefined : decodeCursor('up_to_cursor', input.upToCursor, threadId).seq;
+
+    const access = await new ThreadRepository(db.em).access(actor.tenantId, threadId, actor.userId);
+    const can = access && memberPermissions(actor, access.member);
+    if (!access || !can?.see) throw new ThreadNotFound(threadId);
+    if (!can.post) throw new ThreadPermissionDenied(threadId, 'mark messages read in');
+
+    let upTo = Math.min(cursorSeq ?? access.messageSeq, access.messageSeq);
+    if (upToId !== '') {
+      const m = await new MessageRepository(db.em).findById(actor.tenantId, upToId);
+      if (!m || m.threadId !== threadId) throw new MessageNotFound(upToId);
+      upTo = m.seq;
+    }
+    const repo = new ReadReceiptRepository(db.em);
+    let changed = 0;
+    if (upTo > 0) {
+      const now = this.clock.now();
+      const requested = clampToNow(input.readAt, now);
+      const range = await repo.unreadRange(actor.tenantId, threadId, actor.userId, upTo);
+      const targets = range.map((m) => ({ ...m, threadId, readAt: laterOf(requested, m.sentAt) }));
+      const last = (await new MessageRepository(db.em).atSeq(actor.tenantId, threadId, upTo))!;
+      const mark = { threadId, seq: upTo, messageId: last.messageId, sentAt: last.sentAt };
+      ({ changed } = await repo.mark(actor.tenantId, actor.userId, targets, [mark], now));
+    }
+    const [watermark] = await repo.watermarks(actor.tenantId, actor.userId, [threadId]);
+    return { watermark: watermark!, changed };
+  }
+
+  async list(
+    actor: Actor,
+    db: Db,
+    input: { threadId: string; messageIds: readonly string[]; pageSize: number; pageToken: string },
+  ): Promise<{ receipts: ReceiptRecord[]; nextPageToken: string }> {
+    const v = new Violations();
+    const threadId = checkUuid(v, 'thread_id', input.threadId);
+    if (input.messageIds.length > RECEIPT_LIMITS.maxIdsPerCall) {
+      v.add('message_ids', `must hold at most ${RECEIPT_LIMITS.maxIdsPerCall} ids`);
+    }
+    const ids = input.messageIds
+      .slice(0, RECEIPT_LIMITS.maxIdsPerCall)
+      .map((id, i) => checkUuid(v, `message_ids[${i}]`, id));
+    v.throwIfAny();
+    const size = pageSize(input.pageSize, 100, 500);
+    const filter = [...ids].sort().join(',');
+    let after: { seq: number; userId: string } | undefined;
+    if (input.pageToken !== '') {
+      const token = decodePageToken('receipts', input.pageToken);
+      if (token.t !== threadId || token.f !== filter || typeof token.s !== 'number' || typeof token.u !== 'string') {
+        throw new InvalidArgument([{ field: 'page_token', description: 'does not continue this listing' }]);
+      }
+      after = { seq: token.s, userId: token.u };
+    }
+    const access = await new ThreadRepository(db.em).access(actor.tenantId, threadId, actor.userId);
+    if (!access || !memberPermissions(actor, access.member).see) throw new ThreadNotFound(threadId);
+    const rows = await new ReadReceiptRepository(db.em).list(
+      actor.tenantId,
+      threadId,
+      ids.length > 0 ? ids : undefined,
+      after,
+      size,
+    );
+    const page = rows.slice(0, size);
+    const last = page.at(-1);
+    const nextPageToken =
+      rows.length > size && last
+        ? encodePageToken('receipts', { t: threadId, f: filter, s: last.seq, u: last.userId })
+        : '';
+    return { receipts: page, nextPageToken };
+  }
+}
+
+function checkReadAt(v: Violations, readAt: Date | undefined): void {
+  if (readAt && Number.isNaN(readAt.getTime())) v.add('read_at', 'is not a valid time');
+}
+
+function clampToNow(readAt: Date | undefined, now: Date): Date {
+  return !readAt || readAt.getTime() > now.getTime() ? now : readAt;
+}
+
+function laterOf(a: Date, b: Date): Date {
+  return a.getTime() >= b.getTime() ? a : b;
+}
+
+function sortLike<T extends { messageId: string }>(items: readonly T[], order: readonly string[]): T[] {
+  const rank = new Map(order.map((id, i) => [id, i]));
+  return [...items].sort((a, b) => (rank.get(a.messageId) ?? 0) - (rank.get(b.messageId) ?? 0));
+}
