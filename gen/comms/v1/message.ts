@@ -118,7 +118,10 @@ export interface SendMessageRequest {
    * keep it across retries.
    */
   clientMutationId: string;
-  /** The text, 1 to 16384 UTF-8 bytes (configurable limit). */
+  /**
+   * The text, 1 to 16384 UTF-8 bytes (configurable limit), not blank; control characters other than
+   * tab, line feed and carriage return are refused.
+   */
   body: string;
   /** When the client composed it; information only. Optional. */
   clientSentAt: Date | undefined;
@@ -1164,9 +1167,9 @@ export const MessageServiceService = {
    * Idempotency contract (AIP-155, the contract's `client_mutation_id`):
    * - Scope: (tenant, sender, client_mutation_id) identifies one send; the same key used by another
    *   sender is a different send.
-   * - Retention: keys are remembered by a unique index in the database (not process memory, so every
-   *   replica agrees) for at least 30 days (configurable, never less), longer than any client stays
-   *   offline.
+   * - Retention: keys are remembered by a unique index on the message row in the database (not process
+   *   memory, so every replica agrees) for as long as the message exists; messages are never deleted,
+   *   so that is never less than 30 days, longer than any client stays offline.
    * - Replay: a retry with the same key and the same thread and body returns the original message (same
    *   message_id, same sent_at) with `replayed = true`, even if the thread has been archived since, and
    *   even when many identical retries race: exactly one message is stored.
@@ -1221,9 +1224,9 @@ export interface MessageServiceServer extends UntypedServiceImplementation {
    * Idempotency contract (AIP-155, the contract's `client_mutation_id`):
    * - Scope: (tenant, sender, client_mutation_id) identifies one send; the same key used by another
    *   sender is a different send.
-   * - Retention: keys are remembered by a unique index in the database (not process memory, so every
-   *   replica agrees) for at least 30 days (configurable, never less), longer than any client stays
-   *   offline.
+   * - Retention: keys are remembered by a unique index on the message row in the database (not process
+   *   memory, so every replica agrees) for as long as the message exists; messages are never deleted,
+   *   so that is never less than 30 days, longer than any client stays offline.
    * - Replay: a retry with the same key and the same thread and body returns the original message (same
    *   message_id, same sent_at) with `replayed = true`, even if the thread has been archived since, and
    *   even when many identical retries race: exactly one message is stored.
@@ -1253,9 +1256,9 @@ export interface MessageServiceClient extends Client {
    * Idempotency contract (AIP-155, the contract's `client_mutation_id`):
    * - Scope: (tenant, sender, client_mutation_id) identifies one send; the same key used by another
    *   sender is a different send.
-   * - Retention: keys are remembered by a unique index in the database (not process memory, so every
-   *   replica agrees) for at least 30 days (configurable, never less), longer than any client stays
-   *   offline.
+   * - Retention: keys are remembered by a unique index on the message row in the database (not process
+   *   memory, so every replica agrees) for as long as the message exists; messages are never deleted,
+   *   so that is never less than 30 days, longer than any client stays offline.
    * - Replay: a retry with the same key and the same thread and body returns the original message (same
    *   message_id, same sent_at) with `replayed = true`, even if the thread has been archived since, and
    *   even when many identical retries race: exactly one message is stored.

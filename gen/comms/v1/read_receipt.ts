@@ -60,7 +60,7 @@ export interface MarkReadRequest {
   messageIds: string[];
   /**
    * When they were read (may be in the past for marks queued offline); unset means now. A time in the
-   * future is clamped to server time.
+   * future is clamped to server time, a time before a message was sent is raised to its sent_at.
    */
   readAt: Date | undefined;
 }
@@ -79,7 +79,8 @@ export interface MarkThreadReadRequest {
   threadId: string;
   /**
    * Mark up to and including this message; when empty, up to `up_to_cursor`, and when both are empty,
-   * up to the newest message at the time of the call.
+   * up to the newest message at the time of the call. Receipts are written for the messages by others
+   * after the caller's current watermark; those at or before it already count as read.
    */
   upToMessageId: string;
   /** Mark up to and including the position of this cursor (Message.cursor). */
