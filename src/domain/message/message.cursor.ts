@@ -6,6 +6,14 @@ export interface MessageCursor {
   readonly seq: number;
 }
 
+/** Largest seq a message can have (the column is a 32-bit integer). */
+export const MAX_SEQ = 2_147_483_647;
+
+/** True for a value that can be a message position: a whole number in [0, MAX_SEQ]. */
+export function isSeq(value: unknown): value is number {
+  return Number.isInteger(value) && (value as number) >= 0 && (value as number) <= MAX_SEQ;
+}
+
 /** The opaque cursor string of a message position (Message.cursor, MessagePosition.cursor). */
 export function encodeCursor(threadId: string, seq: number): string {
   return Buffer.from(`m1:${threadId}:${seq}`, 'utf8').toString('base64url');
@@ -18,5 +26,7 @@ export function decodeCursor(field: string, cursor: string, threadId: string): M
   const match = /^m1:([0-9a-f-]{36}):(\d{1,10})$/.exec(Buffer.from(cursor, 'base64url').toString('utf8'));
   if (!match) throw bad('is not a message cursor');
   if (match[1] !== threadId) throw bad('belongs to another thread');
-  return { threadId, seq: Number(match[2]) };
+  const seq = Number(match[2]);
+  if (!isSeq(seq)) throw bad('is not a message cursor');
+  return { threadId, seq };
 }

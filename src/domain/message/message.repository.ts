@@ -1,5 +1,6 @@
 import type { EntityManager } from '@mikro-orm/postgresql';
 import { sqlDate, sqlDateOrNull } from '../db.js';
+import { THREAD_ACCESS_COLUMNS, type ThreadAccess, threadAccessOf } from '../thread/thread.repository.js';
 import { Message } from './message.entity.js';
 
 /** A stored message, as the use cases pass it around. */
@@ -100,21 +101,35 @@ export class MessageRepository {
   }
 
   /**
-   * Up to `limit + 1` messages of a thread strictly after (`forward`) or before `boundary` seq, nearest
-   * first; `boundary` undefined starts at the oldest (forward) or newest (backward) end.
+   * The caller's access to a thread and up to `limit + 1` of its messages strictly after (`forward`) or
+   * before `boundary` seq, nearest first, read in ONE statement, so the page and the thread's newest
+   * message come from the same snapshot (`latest` never lags the page). `boundary` undefined starts at
+   * the oldest (forward) or newest (backward) end. Undefined when the thread does not exist.
    */
-  page(
+  async page(
     tenantId: string,
     threadId: string,
+    userId: string,
     forward: boolean,
     boundary: number | undefined,
     limit: number,
-  ): Promise<MessageRecord[]> {
-    const range = boundary === undefined ? {} : { seq: forward ? { $gt: boundary } : { $lt: boundary } };
-    return this.em.find(
-      Message,
-      { tenantId, threadId, ...range },
-      { orderBy: { seq: forward ? 'asc' : 'desc' }, limit: limit + 1 },
+  ): Promise<{ access: ThreadAccess; rows: MessageRecord[] } | undefined> {
+    const range = boundary === undefined ? '' : forward ? ' and m.seq > ?' : ' and m.seq < ?';
+    const rows: Record<string, unknown>[] = await this.em.execute(
+      `select ${THREAD_ACCESS_COLUMNS}, m.*
+         from thread t
+         left join lateral (
+           select ${COLUMNS} from message m
+            where m.tenant_id = t.tenant_id and m.thread_id = t.thread_id${range}
+            order by m.seq ${forward ? 'asc' : 'desc'} limit ?
+         ) m on true
+        where t.tenant_id = ? and t.thread_id = ?`,
+      [userId, ...(boundary === undefined ? [] : [boundary]), limit + 1, tenantId, threadId],
     );
+    if (rows.length === 0) return undefined;
+    return {
+      access: threadAccessOf(rows[0]!),
+      rows: rows.filter((r) => r.message_id !== null).map(toRecord),
+    };
   }
 }

@@ -8,7 +8,7 @@ import { ThreadArchived, ThreadNotFound, ThreadPermissionDenied } from '../threa
 import { memberPermissions } from '../thread/thread.policy.js';
 import { type ThreadAccess, ThreadRepository } from '../thread/thread.repository.js';
 import { checkUuid, pageSize } from '../validation.js';
-import { decodeCursor } from './message.cursor.js';
+import { decodeCursor, isSeq } from './message.cursor.js';
 import { type MessagePosition, position } from './message.entity.js';
 import { IdempotencyKeyReused, MessageNotFound } from './message.errors.js';
 import { nextMessageId } from './message-id.js';
@@ -107,7 +107,7 @@ export class MessageService {
       const tokenForward = token.d === 'f';
       if (
         token.t !== threadId ||
-        typeof token.s !== 'number' ||
+        !isSeq(token.s) ||
         typeof token.c !== 'string' ||
         (input.direction !== undefined && forward !== tokenForward) ||
         (cursor !== '' && cursor !== token.c)
@@ -120,17 +120,27 @@ export class MessageService {
     } else if (cursor !== '') {
       boundary = decodeCursor('cursor', cursor, threadId).seq;
     }
-    const access = await new ThreadRepository(db.em).access(actor.tenantId, threadId, actor.userId);
-    if (!access || !memberPermissions(actor, access.member).see) throw new ThreadNotFound(threadId);
-    const asOf = this.clock.now();
-    const rows = await new MessageRepository(db.em).page(actor.tenantId, threadId, forward, boundary, size);
+    const read = await new MessageRepository(db.em).page(
+      actor.tenantId,
+      threadId,
+      actor.userId,
+      forward,
+      boundary,
+      size,
+    );
+    if (!read || !memberPermissions(actor, read.access.member).see) throw new ThreadNotFound(threadId);
+    const { access, rows } = read;
+    const latest = latestPosition(threadId, access);
+    // Read after the page; never before the newest send time it reports (another replica's clock).
+    const now = this.clock.now();
+    const asOf = latest && latest.sentAt > now ? latest.sentAt : now;
     const more = rows.length > size;
     const page = rows.slice(0, size);
     const messages = forward ? page : page.reverse();
     const edge = forward ? messages.at(-1) : messages[0];
     const nextPageToken =
       more && edge ? encodePageToken('messages', { t: threadId, d: forward ? 'f' : 'b', s: edge.seq, c: cursor }) : '';
-    return { messages, nextPageToken, latest: latestPosition(threadId, access), asOf };
+    return { messages, nextPageToken, latest, asOf };
   }
 }
 

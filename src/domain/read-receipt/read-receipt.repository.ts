@@ -12,6 +12,18 @@ export interface MarkTarget {
   readonly readAt: Date;
 }
 
+/**
+ * Where a mark moves a reader's watermark in one thread: to `seq` (never backwards), and, for
+ * MarkThreadRead, `completeSeq` (receipts exist for everything by others up to it; 0 = unchanged).
+ */
+export interface WatermarkMove {
+  readonly threadId: string;
+  readonly seq: number;
+  readonly messageId: string;
+  readonly sentAt: Date;
+  readonly completeSeq: number;
+}
+
 /** A stored receipt. */
 export interface ReceiptRecord {
   readonly messageId: string;
@@ -63,7 +75,11 @@ export class ReadReceiptRepository {
     }));
   }
 
-  /** Messages of a thread after `afterSeq` up to `upToSeq`, by others than `userId` (MarkThreadRead). */
+  /**
+   * Messages by others than `userId` up to `upToSeq` that MarkThreadRead has not covered yet: those
+   * after the reader's `complete_seq` (not after its watermark, which MarkRead of a later message may
+   * have moved past messages without receipts).
+   */
   async unreadRange(
     tenantId: string,
     threadId: string,
@@ -74,7 +90,7 @@ export class ReadReceiptRepository {
       `select m.message_id, m.seq, m.sent_at
          from message m
         where m.tenant_id = ? and m.thread_id = ? and m.sender_user_id <> ? and m.seq <= ?
-          and m.seq > coalesce((select w.seq from read_watermark w
+          and m.seq > coalesce((select w.complete_seq from read_watermark w
                                  where w.tenant_id = ? and w.thread_id = ? and w.user_id = ?), 0)
         order by m.seq`,
       [tenantId, threadId, userId, upToSeq, tenantId, threadId, userId],
@@ -93,7 +109,7 @@ export class ReadReceiptRepository {
     tenantId: string,
     userId: string,
     targets: readonly MarkTarget[],
-    watermarks: readonly { threadId: string; seq: number; messageId: string; sentAt: Date }[],
+    watermarks: readonly WatermarkMove[],
     now: Date,
   ): Promise<{ receipts: ReceiptRecord[]; changed: number }> {
     const input = [...targets]
@@ -101,7 +117,13 @@ export class ReadReceiptRepository {
       .map((t) => ({ message_id: t.messageId, thread_id: t.threadId, seq: t.seq, read_at: t.readAt.toISOString() }));
     const marks = [...watermarks]
       .sort((a, b) => (a.threadId < b.threadId ? -1 : 1))
-      .map((w) => ({ thread_id: w.threadId, seq: w.seq, message_id: w.messageId, sent_at: w.sentAt.toISOString() }));
+      .map((w) => ({
+        thread_id: w.threadId,
+        seq: w.seq,
+        message_id: w.messageId,
+        sent_at: w.sentAt.toISOString(),
+        complete_seq: w.completeSeq,
+      }));
     const rows: Record<string, unknown>[] = await this.em.execute(
       `with input as (
          select * from jsonb_to_recordset(?::jsonb) as i(message_id uuid, thread_id uuid, seq integer, read_at timestamptz)
@@ -112,14 +134,19 @@ export class ReadReceiptRepository {
            where r.read_at < excluded.read_at
          returning r.message_id, r.read_at
        ), marks as (
-         insert into read_watermark as w (tenant_id, thread_id, user_id, seq, message_id, sent_at, updated_at)
-         select ?, thread_id, ?, seq, message_id, sent_at, ?
-           from jsonb_to_recordset(?::jsonb) as m(thread_id uuid, seq integer, message_id uuid, sent_at timestamptz)
+         insert into read_watermark as w
+                (tenant_id, thread_id, user_id, seq, message_id, sent_at, complete_seq, updated_at)
+         select ?, thread_id, ?, seq, message_id, sent_at, complete_seq, ?
+           from jsonb_to_recordset(?::jsonb)
+                as m(thread_id uuid, seq integer, message_id uuid, sent_at timestamptz, complete_seq integer)
           order by thread_id
          on conflict (tenant_id, thread_id, user_id) do update
-           set seq = excluded.seq, message_id = excluded.message_id, sent_at = excluded.sent_at,
+           set seq = greatest(w.seq, excluded.seq),
+               message_id = case when excluded.seq > w.seq then excluded.message_id else w.message_id end,
+               sent_at = case when excluded.seq > w.seq then excluded.sent_at else w.sent_at end,
+               complete_seq = greatest(w.complete_seq, excluded.complete_seq),
                updated_at = excluded.updated_at
-           where w.seq < excluded.seq
+           where w.seq < excluded.seq or w.complete_seq < excluded.complete_seq
        )
        select i.message_id, i.thread_id, u.read_at as changed_read_at, r.read_at as stored_read_at
          from input i

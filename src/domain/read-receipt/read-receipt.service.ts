@@ -2,7 +2,7 @@ import type { Actor } from '../actor.js';
 import type { Clock } from '../clock.js';
 import type { Db } from '../db.js';
 import { InvalidArgument, Violations } from '../errors.js';
-import { decodeCursor } from '../message/message.cursor.js';
+import { decodeCursor, isSeq } from '../message/message.cursor.js';
 import { MessageNotFound } from '../message/message.errors.js';
 import { MessageRepository } from '../message/message.repository.js';
 import { decodePageToken, encodePageToken } from '../page-token.js';
@@ -68,7 +68,8 @@ export class ReadReceiptService {
     const targets: MarkTarget[] = found.map((m) => ({ ...m, readAt: laterOf(requested, m.sentAt) }));
     const furthest = new Map<string, MarkTarget>();
     for (const t of targets) if ((furthest.get(t.threadId)?.seq ?? 0) < t.seq) furthest.set(t.threadId, t);
-    const { receipts } = await repo.mark(actor.tenantId, actor.userId, targets, [...furthest.values()], now);
+    const moves = [...furthest.values()].map((t) => ({ ...t, completeSeq: 0 }));
+    const { receipts } = await repo.mark(actor.tenantId, actor.userId, targets, moves, now);
     const watermarks = await repo.watermarks(actor.tenantId, actor.userId, [...furthest.keys()]);
     return { receipts: sortLike(receipts, ids), watermarks };
   }
@@ -106,7 +107,7 @@ export class ReadReceiptService {
       const range = await repo.unreadRange(actor.tenantId, threadId, actor.userId, upTo);
       const targets = range.map((m) => ({ ...m, threadId, readAt: laterOf(requested, m.sentAt) }));
       const last = (await new MessageRepository(db.em).atSeq(actor.tenantId, threadId, upTo))!;
-      const mark = { threadId, seq: upTo, messageId: last.messageId, sentAt: last.sentAt };
+      const mark = { threadId, seq: upTo, messageId: last.messageId, sentAt: last.sentAt, completeSeq: upTo };
       ({ changed } = await repo.mark(actor.tenantId, actor.userId, targets, [mark], now));
     }
     const [watermark] = await repo.watermarks(actor.tenantId, actor.userId, [threadId]);
@@ -132,7 +133,7 @@ export class ReadReceiptService {
     let after: { seq: number; userId: string } | undefined;
     if (input.pageToken !== '') {
       const token = decodePageToken('receipts', input.pageToken);
-      if (token.t !== threadId || token.f !== filter || typeof token.s !== 'number' || typeof token.u !== 'string') {
+      if (token.t !== threadId || token.f !== filter || !isSeq(token.s) || typeof token.u !== 'string') {
         throw new InvalidArgument([{ field: 'page_token', description: 'does not continue this listing' }]);
       }
       after = { seq: token.s, userId: token.u };

@@ -21,6 +21,25 @@ export interface ThreadAccess {
 }
 
 /**
+ * The select list behind ThreadAccess, for a query over `thread t`; its one parameter is the caller's
+ * user id. Shared with queries that read a thread's access together with other rows in one snapshot.
+ */
+export const THREAD_ACCESS_COLUMNS = `t.state, t.message_seq, t.last_message_id, t.last_message_at,
+  exists (select 1 from thread_participant p
+           where p.tenant_id = t.tenant_id and p.thread_id = t.thread_id and p.user_id = ?) as member`;
+
+/** A row selected with THREAD_ACCESS_COLUMNS → ThreadAccess. */
+export function threadAccessOf(row: Record<string, unknown>): ThreadAccess {
+  return {
+    state: row.state as ThreadState,
+    member: row.member === true,
+    messageSeq: Number(row.message_seq),
+    lastMessageId: (row.last_message_id as string | null) ?? null,
+    lastMessageAt: sqlDateOrNull(row.last_message_at),
+  };
+}
+
+/**
  * Database access for the thread aggregate. Every query is scoped by tenant_id first, so another
  * tenant's rows cannot be reached from here at all.
  */
@@ -54,22 +73,11 @@ export class ThreadRepository {
     forUpdate = false,
   ): Promise<ThreadAccess | undefined> {
     const rows: Record<string, unknown>[] = await this.em.execute(
-      `select t.state, t.message_seq, t.last_message_id, t.last_message_at,
-              exists (select 1 from thread_participant p
-                       where p.tenant_id = t.tenant_id and p.thread_id = t.thread_id and p.user_id = ?) as member
-         from thread t
+      `select ${THREAD_ACCESS_COLUMNS} from thread t
         where t.tenant_id = ? and t.thread_id = ?${forUpdate ? ' for update of t' : ''}`,
       [userId, tenantId, threadId],
     );
-    const row = rows[0];
-    if (!row) return undefined;
-    return {
-      state: row.state as ThreadState,
-      member: row.member === true,
-      messageSeq: Number(row.message_seq),
-      lastMessageId: (row.last_message_id as string | null) ?? null,
-      lastMessageAt: sqlDateOrNull(row.last_message_at),
-    };
+    return rows[0] && threadAccessOf(rows[0]);
   }
 
   /** The thread a caller created with this idempotency key, if any. */
