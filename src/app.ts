@@ -42,10 +42,15 @@ export async function startApp(config: Config, opts: { clock?: Clock; log?: Logg
     );
     url = embedded.url;
   }
-  const orm = await openDatabase(url, config.dbPoolMax);
+  const orm = await openDatabase(url, config.dbPoolMax, config.dbStatementTimeoutMs);
   const health = createHealth();
   const server = new Server(serverOptions(config.grpc));
-  const adapter = new RpcAdapter({ orm, auth: new Authenticator(config.jwt), log });
+  const adapter = new RpcAdapter({
+    orm,
+    statementTimeoutMs: config.dbStatementTimeoutMs,
+    auth: new Authenticator(config.jwt),
+    log,
+  });
   const clock = opts.clock ?? systemClock;
   addServices(server, adapter, {
     threads: new ThreadService(clock),

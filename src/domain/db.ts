@@ -8,17 +8,37 @@ import { DeadlineExceeded } from './errors.js';
 export interface Db {
   readonly em: EntityManager;
   readonly deadline: Date | undefined;
+  /** The statement timeout every pooled connection starts with (DB_STATEMENT_TIMEOUT_MS). */
+  readonly statementTimeoutMs: number;
 }
 
 /**
  * Inside a transaction: bounds every following statement by the time left until the deadline
- * (`SET LOCAL statement_timeout`), so a call that has timed out for its client cannot commit later.
+ * (`SET LOCAL statement_timeout`) when that is tighter than the connection's own statement timeout, so a
+ * call that has timed out for its client cannot commit later.
  */
-export async function boundByDeadline(em: EntityManager, deadline: Date | undefined): Promise<void> {
-  if (!deadline) return;
-  const remaining = deadline.getTime() - Date.now();
+export async function boundByDeadline(em: EntityManager, db: Db): Promise<void> {
+  if (!db.deadline) return;
+  const remaining = db.deadline.getTime() - Date.now();
   if (remaining <= 0) throw new DeadlineExceeded();
+  // The connection's own statement timeout is the tighter bound already.
+  if (remaining >= db.statementTimeoutMs) return;
   await em.execute(`select set_config('statement_timeout', ?, true)`, [String(Math.ceil(remaining))]);
+}
+
+/**
+ * Runs `work` (one statement, or several that must commit together) so that it cannot outlive the
+ * caller's deadline. Every pooled connection already caps statements at `statementTimeoutMs`
+ * (DB_STATEMENT_TIMEOUT_MS); when the deadline is nearer than that, the work runs in a transaction that
+ * lowers the cap to the time left (`SET LOCAL statement_timeout`), so a call that timed out for its
+ * client never commits afterwards. Otherwise it runs as is: one round trip for a one-statement write.
+ */
+export async function withinDeadline<T>(db: Db, work: (em: EntityManager) => Promise<T>): Promise<T> {
+  if (!db.deadline || db.deadline.getTime() - Date.now() >= db.statementTimeoutMs) return work(db.em);
+  return db.em.transactional(async (em) => {
+    await boundByDeadline(em, db);
+    return work(em);
+  });
 }
 
 /**

@@ -15,6 +15,8 @@ export interface CallContext {
   readonly em: EntityManager;
   /** The client's deadline, if it set one; the domain bounds its transactions by it. */
   readonly deadline: Date | undefined;
+  /** The statement timeout every pooled connection has (DB_STATEMENT_TIMEOUT_MS). */
+  readonly statementTimeoutMs: number;
   /** Aborted when the client cancels or the deadline passes. */
   readonly signal: AbortSignal;
   /** The client's `x-request-id`, or a generated one; logged with the call. */
@@ -26,6 +28,7 @@ export type UnaryHandler<Req, Res> = (req: Req, ctx: CallContext) => Promise<Res
 
 export interface AdapterDeps {
   readonly orm: MikroORM;
+  readonly statementTimeoutMs: number;
   readonly auth: Authenticator;
   readonly log: Logger;
 }
@@ -90,7 +93,14 @@ export class RpcAdapter {
     }
     const { actor } = await this.deps.auth.authenticate(authorizationOf(call.metadata));
     const em = this.deps.orm.em.fork() as EntityManager;
-    return handler(call.request, { actor, em, deadline, signal, requestId });
+    return handler(call.request, {
+      actor,
+      em,
+      deadline,
+      statementTimeoutMs: this.deps.statementTimeoutMs,
+      signal,
+      requestId,
+    });
   }
 }
 

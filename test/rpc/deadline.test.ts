@@ -1,7 +1,7 @@
 import { status } from '@grpc/grpc-js';
 import { expect } from 'chai';
 import { EscalationLevel, ParticipantRole } from '../../gen/comms/v1/thread.js';
-import { call, callError, newTenant, newUser, threadClient } from '../support/clients.js';
+import { call, callError, messageClient, newTenant, newUser, threadClient } from '../support/clients.js';
 import { createThread, holdThreadLock, participant } from '../support/threads.js';
 import { waitFor } from '../support/wait.js';
 
@@ -42,6 +42,42 @@ describe('deadlines', () => {
       expect(after.thread?.participants.map((p) => p.userId)).to.not.include('nurse-late');
     } finally {
       client.close();
+      await lock?.release();
+    }
+  });
+
+  it('a send whose deadline passes while it waits for the thread lock never stores the message', async function () {
+    this.timeout(20_000);
+    const threads = threadClient();
+    const messages = messageClient();
+    let lock: Awaited<ReturnType<typeof holdThreadLock>> | undefined;
+    try {
+      const provider = await newUser(newTenant(), 'provider');
+      const thread = await createThread(threads, provider, {
+        participants: [participant('p1', ParticipantRole.PARTICIPANT_ROLE_PATIENT)],
+      });
+      lock = await holdThreadLock(provider.tenantId, thread.threadId);
+      const send = { threadId: thread.threadId, clientMutationId: 'late-1', body: 'too late', clientSentAt: undefined };
+      const err = await callError(
+        call(messages, messages.sendMessage, send, provider.md, { deadline: new Date(Date.now() + 400) }),
+      );
+      expect(err.code).to.equal(status.DEADLINE_EXCEEDED);
+      await waitFor(async () => (await lock!.lockWaiters()) === 0);
+      await lock.release();
+      lock = undefined;
+      const page = await call(
+        messages,
+        messages.listMessages,
+        { threadId: thread.threadId, pageSize: 0, pageToken: '', direction: 0, cursor: '' },
+        provider.md,
+      );
+      expect(page.messages).to.deep.equal([]);
+      // The retry the client makes next is a first send, not a replay.
+      const retry = await call(messages, messages.sendMessage, send, provider.md);
+      expect(retry.replayed).to.equal(false);
+    } finally {
+      threads.close();
+      messages.close();
       await lock?.release();
     }
   });

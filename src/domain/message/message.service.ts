@@ -1,7 +1,8 @@
 import { createHash } from 'node:crypto';
+import { v7 as uuidv7 } from 'uuid';
 import type { Actor } from '../actor.js';
 import type { Clock } from '../clock.js';
-import { boundByDeadline, type Db } from '../db.js';
+import { type Db, withinDeadline } from '../db.js';
 import { InvalidArgument, Violations } from '../errors.js';
 import { decodePageToken, encodePageToken } from '../page-token.js';
 import { ThreadArchived, ThreadNotFound, ThreadPermissionDenied } from '../thread/thread.errors.js';
@@ -11,9 +12,8 @@ import { checkUuid, pageSize } from '../validation.js';
 import { decodeCursor, isSeq } from './message.cursor.js';
 import { type MessagePosition, position } from './message.entity.js';
 import { IdempotencyKeyReused, MessageNotFound } from './message.errors.js';
-import { nextMessageId } from './message-id.js';
 import { checkSend, type MessageLimits, type SendInput } from './message.policy.js';
-import { type MessageRecord, MessageRepository } from './message.repository.js';
+import { type MessageRecord, MessageRepository, type NewMessage } from './message.repository.js';
 
 export interface SendResult {
   readonly message: MessageRecord;
@@ -37,8 +37,9 @@ export interface MessagePage {
 }
 
 /**
- * The message aggregate's use cases (append_only). A send takes the thread's row lock, so messages of
- * one thread get consecutive `seq`, non-decreasing `sent_at` and increasing ids in commit order.
+ * The message aggregate's use cases (append_only). A send takes the thread's row lock in the statement
+ * that inserts, so messages of one thread get consecutive `seq`, non-decreasing `sent_at` and increasing
+ * ids in commit order.
  */
 export class MessageService {
   constructor(
@@ -48,39 +49,28 @@ export class MessageService {
 
   async send(actor: Actor, db: Db, input: SendInput): Promise<SendResult> {
     const threadId = checkSend(input, this.limits);
-    const digest = createHash('sha256').update(input.body, 'utf8').digest();
-    const repo = new MessageRepository(db.em);
-    // A retry is answered from the stored message before anything else: also once the thread has
-    // been archived, and without touching the thread's lock.
-    const earlier = await repo.findByKey(actor.tenantId, actor.userId, input.clientMutationId);
-    if (earlier) return replay(earlier, threadId, digest);
-
-    const stored = await db.em.transactional(async (em) => {
-      await boundByDeadline(em, db.deadline);
-      const access = await new ThreadRepository(em).access(actor.tenantId, threadId, actor.userId, true);
-      requirePost(actor, threadId, access);
-      if (access.state === 'archived') throw new ThreadArchived(threadId);
-      const now = this.clock.now();
-      const sentAt =
-        access.lastMessageAt && access.lastMessageAt.getTime() > now.getTime() ? access.lastMessageAt : now;
-      return new MessageRepository(em).append({
-        tenantId: actor.tenantId,
-        messageId: nextMessageId(sentAt.getTime(), access.lastMessageId),
-        threadId,
-        seq: access.messageSeq + 1,
-        senderUserId: actor.userId,
-        clientMutationId: input.clientMutationId,
-        body: input.body,
-        bodySha256: digest,
-        clientSentAt: input.clientSentAt ?? null,
-        sentAt,
-      });
-    });
-    if (stored) return { message: stored, replayed: false };
-    // A concurrent send with the same key committed between our lookup and our insert.
-    const winner = await repo.findByKey(actor.tenantId, actor.userId, input.clientMutationId);
+    const now = this.clock.now();
+    const message: NewMessage = {
+      tenantId: actor.tenantId,
+      threadId,
+      userId: actor.userId,
+      clientMutationId: input.clientMutationId,
+      body: input.body,
+      bodySha256: createHash('sha256').update(input.body, 'utf8').digest(),
+      clientSentAt: input.clientSentAt,
+      candidateId: uuidv7({ msecs: now.getTime() }),
+      now,
+    };
+    const outcome = await withinDeadline(db, (em) => new MessageRepository(em).appendOrFind(message));
+    // A retry is answered with the stored message: also once the thread is archived.
+    if (outcome.earlier) return replay(outcome.earlier, threadId, message.bodySha256);
+    if (outcome.inserted) return { message: outcome.inserted, replayed: false };
+    requirePost(actor, threadId, outcome.thread);
+    if (outcome.thread.state === 'archived') throw new ThreadArchived(threadId);
+    // Allowed and active, yet not stored: a concurrent send with the same key committed first.
+    const winner = await new MessageRepository(db.em).findByKey(actor.tenantId, actor.userId, input.clientMutationId);
     if (!winner) throw new Error('idempotency key conflict without a stored message');
-    return replay(winner, threadId, digest);
+    return replay(winner, threadId, message.bodySha256);
   }
 
   async get(actor: Actor, db: Db, messageId: string): Promise<MessageRecord> {

@@ -1,6 +1,6 @@
 import type { Actor } from '../actor.js';
 import type { Clock } from '../clock.js';
-import type { Db } from '../db.js';
+import { type Db, withinDeadline } from '../db.js';
 import { InvalidArgument, Violations } from '../errors.js';
 import { decodeCursor, isSeq } from '../message/message.cursor.js';
 import { MessageNotFound } from '../message/message.errors.js';
@@ -10,12 +10,7 @@ import { ThreadNotFound, ThreadPermissionDenied } from '../thread/thread.errors.
 import { memberPermissions } from '../thread/thread.policy.js';
 import { ThreadRepository } from '../thread/thread.repository.js';
 import { checkUuid, pageSize } from '../validation.js';
-import {
-  type MarkTarget,
-  ReadReceiptRepository,
-  type ReceiptRecord,
-  type WatermarkRecord,
-} from './read-receipt.repository.js';
+import { ReadReceiptRepository, type ReceiptRecord, type WatermarkRecord } from './read-receipt.repository.js';
 
 /** Limits of the receipt aggregate. */
 export const RECEIPT_LIMITS = { maxIdsPerCall: 500 } as const;
@@ -51,8 +46,11 @@ export class ReadReceiptService {
     checkReadAt(v, input.readAt);
     v.throwIfAny();
 
-    const repo = new ReadReceiptRepository(db.em);
-    const found = await repo.messagesForMark(actor.tenantId, actor.userId, ids);
+    const now = this.clock.now();
+    const { found, receipts, watermarks } = await withinDeadline(db, (em) =>
+      new ReadReceiptRepository(em).markMessages(actor.tenantId, actor.userId, ids, clampToNow(input.readAt, now), now),
+    );
+    // The statement wrote nothing unless every message exists and the caller takes part in its thread.
     const byId = new Map(found.map((m) => [m.messageId, m]));
     for (const id of ids) {
       const m = byId.get(id);
@@ -63,14 +61,6 @@ export class ReadReceiptService {
         throw new MessageNotFound(id);
       }
     }
-    const now = this.clock.now();
-    const requested = clampToNow(input.readAt, now);
-    const targets: MarkTarget[] = found.map((m) => ({ ...m, readAt: laterOf(requested, m.sentAt) }));
-    const furthest = new Map<string, MarkTarget>();
-    for (const t of targets) if ((furthest.get(t.threadId)?.seq ?? 0) < t.seq) furthest.set(t.threadId, t);
-    const moves = [...furthest.values()].map((t) => ({ ...t, completeSeq: 0 }));
-    const { receipts } = await repo.mark(actor.tenantId, actor.userId, targets, moves, now);
-    const watermarks = await repo.watermarks(actor.tenantId, actor.userId, [...furthest.keys()]);
     return { receipts: sortLike(receipts, ids), watermarks };
   }
 

@@ -266,7 +266,7 @@ export class ThreadService {
     const id = checkUuid(v, 'thread_id', threadId);
     v.throwIfAny();
     const view = await db.em.transactional(async (tem) => {
-      await boundByDeadline(tem, db.deadline);
+      await boundByDeadline(tem, db);
       const view = await new ThreadRepository(tem).load(actor.tenantId, id, true);
       const allowed = view && threadPermissions(actor, view.participants);
       if (!view || !allowed?.see) throw new ThreadNotFound(id);

@@ -49,6 +49,7 @@ export interface Config {
   readonly databaseUrl: string | undefined;
   readonly embeddedPg: { readonly dataDir: string; readonly port: number };
   readonly dbPoolMax: number;
+  readonly dbStatementTimeoutMs: number;
   readonly jwt: {
     readonly secret: string | undefined;
     readonly jwksUrl: string | undefined;
@@ -87,6 +88,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       EMBEDDED_PG_DIR: str({ default: '.data/postgres' }),
       EMBEDDED_PG_PORT: port({ default: 54329 }),
       DB_POOL_MAX: int(1, 500)({ default: 20 }),
+      DB_STATEMENT_TIMEOUT_MS: int(100, 600_000)({ default: 5_000 }),
       JWT_SECRET: secret({ default: undefined }),
       JWT_JWKS_URL: url({ default: undefined }),
       JWT_ISSUER: str({ default: 'comms-dev' }),
@@ -128,6 +130,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     databaseUrl: e.DATABASE_URL,
     embeddedPg: { dataDir: e.EMBEDDED_PG_DIR, port: e.EMBEDDED_PG_PORT },
     dbPoolMax: e.DB_POOL_MAX,
+    dbStatementTimeoutMs: e.DB_STATEMENT_TIMEOUT_MS,
     jwt: {
       secret: e.JWT_SECRET ?? devSecret,
       jwksUrl: e.JWT_JWKS_URL,

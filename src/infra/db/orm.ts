@@ -8,7 +8,7 @@ import { migrationsList } from './migrations/index.js';
 export const entities = [Thread, ThreadParticipant, Message];
 
 /** MikroORM options for a database URL. */
-export function ormOptions(clientUrl: string, poolMax: number): Options {
+export function ormOptions(clientUrl: string, poolMax: number, statementTimeoutMs: number): Options {
   return {
     clientUrl,
     entities,
@@ -21,6 +21,9 @@ export function ormOptions(clientUrl: string, poolMax: number): Options {
       silent: true,
     },
     pool: { min: 0, max: poolMax, idleTimeoutMillis: 30_000 },
+    // Every connection caps its statements (pg sends it as a startup parameter); shorter client
+    // deadlines lower it per transaction (src/domain/db.ts).
+    driverOptions: { statement_timeout: statementTimeoutMs },
     // The global EntityManager is never used: every call forks its own.
     allowGlobalContext: false,
     forceUtcTimezone: true,
@@ -30,8 +33,8 @@ export function ormOptions(clientUrl: string, poolMax: number): Options {
 }
 
 /** Connects and applies pending migrations. */
-export async function openDatabase(clientUrl: string, poolMax: number): Promise<MikroORM> {
-  const orm = await MikroORM.init(ormOptions(clientUrl, poolMax));
+export async function openDatabase(clientUrl: string, poolMax: number, statementTimeoutMs: number): Promise<MikroORM> {
+  const orm = await MikroORM.init(ormOptions(clientUrl, poolMax, statementTimeoutMs));
   await orm.migrator.up();
   return orm;
 }

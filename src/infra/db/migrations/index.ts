@@ -2,10 +2,12 @@ import type { MigrationObject } from '@mikro-orm/core';
 import { Migration20261129000000_threads } from './Migration20261129000000_threads.js';
 import { Migration20261129010000_messages } from './Migration20261129010000_messages.js';
 import { Migration20261129020000_receipt_floor } from './Migration20261129020000_receipt_floor.js';
+import { Migration20261129030000_one_statement_writes } from './Migration20261129030000_one_statement_writes.js';
 
 /** Every migration, in order. Committed; applied at start by `migrate()`, never `schema:update`. */
 export const migrationsList: MigrationObject[] = [
   { name: 'Migration20261129000000_threads', class: Migration20261129000000_threads },
   { name: 'Migration20261129010000_messages', class: Migration20261129010000_messages },
   { name: 'Migration20261129020000_receipt_floor', class: Migration20261129020000_receipt_floor },
+  { name: 'Migration20261129030000_one_statement_writes', class: Migration20261129030000_one_statement_writes },
 ];
