@@ -113,6 +113,15 @@ describe('server: authentication', () => {
     expect(err.details).to.match(/expired/);
   });
 
+  it('refuses a token that expired after it was accepted (verified tokens are cached only until exp)', async function () {
+    this.timeout(10_000);
+    const token = await signDevToken(env.config.jwt.secret!, { ...claims(newTenant()), ttlSeconds: 2 });
+    expect((await list(bearer(token))).threads).to.deep.equal([]);
+    // exp has whole-second precision: wait until it has certainly passed.
+    await new Promise((r) => setTimeout(r, 3100));
+    await expectError(list(bearer(token)), status.UNAUTHENTICATED, 'UNAUTHENTICATED');
+  });
+
   it('refuses a token signed with another secret', async () => {
     const token = await signDevToken('x'.repeat(40), claims(newTenant()));
     await expectError(list(bearer(token)), status.UNAUTHENTICATED, 'UNAUTHENTICATED');

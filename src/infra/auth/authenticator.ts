@@ -17,6 +17,12 @@ const TENANT_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 export class Authenticator {
   readonly #key: Uint8Array | JWTVerifyGetKey;
   readonly #algorithms: string[];
+  /**
+   * Tokens verified recently, by their exact text: clients send the same token on every call until it
+   * expires, and a hit skips the signature check. An entry is used only before the token's `exp`.
+   */
+  readonly #verified = new Map<string, { actor: Actor; expiresAt: Date }>();
+  static readonly CACHE_SIZE = 10_000;
 
   constructor(private readonly config: Config['jwt']) {
     if (config.jwksUrl) {
@@ -35,12 +41,28 @@ export class Authenticator {
     if (!authorization) throw new Unauthenticated('missing authorization metadata (expected "Bearer <jwt>")');
     const match = /^Bearer\s+(\S+)$/i.exec(authorization.trim());
     if (!match) throw new Unauthenticated('authorization metadata must be "Bearer <jwt>"');
+    const token = match[1]!;
+    const cached = this.#verified.get(token);
+    if (cached) {
+      if (cached.expiresAt.getTime() > Date.now()) return cached;
+      this.#verified.delete(token);
+    }
+    const verified = await this.#verify(token);
+    if (this.#verified.size >= Authenticator.CACHE_SIZE) {
+      // Maps iterate in insertion order: drop the oldest entry.
+      this.#verified.delete(this.#verified.keys().next().value!);
+    }
+    this.#verified.set(token, verified);
+    return verified;
+  }
+
+  async #verify(token: string): Promise<{ actor: Actor; expiresAt: Date }> {
     let payload: JWTPayload;
     try {
       const verified =
         this.#key instanceof Uint8Array
-          ? await jwtVerify(match[1]!, this.#key, this.#options())
-          : await jwtVerify(match[1]!, this.#key, this.#options());
+          ? await jwtVerify(token, this.#key, this.#options())
+          : await jwtVerify(token, this.#key, this.#options());
       payload = verified.payload;
     } catch (err) {
       if (err instanceof joseErrors.JWTExpired) throw new Unauthenticated('token expired');
