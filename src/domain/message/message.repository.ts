@@ -17,11 +17,11 @@ export interface NewMessage {
   readonly now: Date;
 }
 
-/** What the send statement did: see MessageRepository.appendOrFind. */
+/** What the send did: see MessageRepository.appendOrFind. */
 export interface AppendOutcome {
   readonly inserted: MessageRecord | undefined;
   readonly earlier: MessageRecord | undefined;
-  readonly thread: ThreadAccess | undefined;
+  readonly thread: Pick<ThreadAccess, 'state' | 'member'> | undefined;
 }
 
 /** A stored message, as the use cases pass it around. */
@@ -91,72 +91,37 @@ export class MessageRepository {
   }
 
   /**
-   * A send in ONE statement (one round trip, its own transaction): lock the thread row, look up the
-   * sender's idempotency key, and, when the sender takes part, the thread is active and the key is
-   * new, insert the message with the next seq, `sent_at = max(now, previous sent_at)` and an id greater
-   * than the previous one (`candidateId`, or the previous id's successor), and advance the thread.
-   * The caller decides from the result: `inserted`, `earlier` (the key's message, from the statement's
-   * snapshot) or neither, with `thread` (its state and the sender's membership) to say why; neither
-   * with an allowed, active thread means a concurrent send with the same key committed first.
+   * A send in one round trip: `comms_send_message` (migration 20261129040000) returns the sender's
+   * earlier message for this key if there is one; otherwise it locks the thread row and, when the sender
+   * takes part and the thread is active, inserts the message with the next seq,
+   * `sent_at = max(now, previous sent_at)` and an id above the previous one (`candidateId` or the previous
+   * id's successor), and advances the thread. The caller decides from the result: `inserted`, `earlier`,
+   * or neither with `thread` (its state and the sender's membership; unset: no such thread) to say why.
    */
   async appendOrFind(m: NewMessage): Promise<AppendOutcome> {
     const rows: Record<string, unknown>[] = await this.em.execute(
-      `with t as (
-         select ${THREAD_ACCESS_COLUMNS}, t.tenant_id, t.thread_id
-           from thread t
-          where t.tenant_id = ? and t.thread_id = ?
-            for update of t
-       ), earlier as (
-         select ${COLUMNS} from message m
-          where m.tenant_id = ? and m.sender_user_id = ? and m.client_mutation_id = ?
-       ), inserted as (
-         insert into message as m (tenant_id, message_id, thread_id, seq, sender_user_id, client_mutation_id, body,
-                                   body_sha256, client_sent_at, sent_at)
-         select t.tenant_id,
-                case when t.last_message_id is null or ?::uuid > t.last_message_id then ?::uuid
-                     else comms_uuid_next(t.last_message_id) end,
-                t.thread_id, t.message_seq + 1, ?, ?, ?, decode(?, 'hex'), ?::timestamptz,
-                greatest(?::timestamptz, t.last_message_at)
-           from t
-          where t.member and t.state = 'active' and not exists (select 1 from earlier)
-         on conflict (tenant_id, sender_user_id, client_mutation_id) do nothing
-         returning ${COLUMNS}
-       ), advanced as (
-         update thread t2
-            set message_seq = i.seq, last_message_id = i.message_id, last_message_at = i.sent_at,
-                last_activity_at = greatest(t2.last_activity_at, i.sent_at)
-           from inserted i
-          where t2.tenant_id = i.tenant_id and t2.thread_id = i.thread_id
-       )
-       select (select row_to_json(i) from inserted i) as inserted,
-              (select row_to_json(e) from earlier e) as earlier,
-              (select row_to_json(t) from t) as thread`,
+      `select comms_send_message(?, ?::uuid, ?, ?, ?, decode(?, 'hex'), ?::timestamptz, ?::uuid, ?::timestamptz) as r`,
       [
-        m.userId,
         m.tenantId,
         m.threadId,
-        m.tenantId,
-        m.userId,
-        m.clientMutationId,
-        m.candidateId,
-        m.candidateId,
         m.userId,
         m.clientMutationId,
         m.body,
         m.bodySha256.toString('hex'),
         m.clientSentAt ?? null,
+        m.candidateId,
         m.now,
       ],
     );
-    const row = rows[0]!;
-    const json = (v: unknown) => (v === null || v === undefined ? undefined : (v as Record<string, unknown>));
-    const inserted = json(row.inserted);
-    const earlier = json(row.earlier);
-    const thread = json(row.thread);
+    const r = rows[0]!.r as {
+      inserted?: Record<string, unknown>;
+      earlier?: Record<string, unknown>;
+      thread?: Record<string, unknown>;
+    };
     return {
-      inserted: inserted && fromJson(inserted),
-      earlier: earlier && fromJson(earlier),
-      thread: thread && threadAccessOf(thread),
+      inserted: r.inserted && fromJson(r.inserted),
+      earlier: r.earlier && fromJson(r.earlier),
+      thread: r.thread && { state: r.thread.state as ThreadAccess['state'], member: r.thread.member === true },
     };
   }
 

@@ -142,7 +142,11 @@ export function latestPosition(threadId: string, access: ThreadAccess): MessageP
 }
 
 /** Only participants post; a caller who can see the thread but not post is told so, others see nothing. */
-function requirePost(actor: Actor, threadId: string, access: ThreadAccess | undefined): asserts access is ThreadAccess {
+function requirePost<A extends Pick<ThreadAccess, 'member'>>(
+  actor: Actor,
+  threadId: string,
+  access: A | undefined,
+): asserts access is A {
   const can = access && memberPermissions(actor, access.member);
   if (!can?.see) throw new ThreadNotFound(threadId);
   if (!can.post) throw new ThreadPermissionDenied(threadId, 'post to');

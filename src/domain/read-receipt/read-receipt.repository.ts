@@ -50,49 +50,6 @@ export interface MessageForMark {
 }
 
 /**
- * The writes both marks share, as CTEs after the caller's `input` (message_id, thread_id, seq, read_at)
- * and `marks` (thread_id, seq, message_id, sent_at, complete_seq): receipts keep the latest read_at ever
- * reported (`ON CONFLICT … DO UPDATE … WHERE excluded.read_at > current`), watermarks only move forward.
- * Rows are written in key order, so concurrent marks cannot deadlock. Parameters: upsertParams().
- */
-const UPSERTS = `upserted as (
-    insert into read_receipt as r (tenant_id, message_id, user_id, thread_id, seq, read_at)
-    select ?, message_id, ?, thread_id, seq, read_at from input order by message_id
-    on conflict (tenant_id, message_id, user_id) do update set read_at = excluded.read_at
-      where r.read_at < excluded.read_at
-    returning r.message_id, r.read_at
-  ), moved as (
-    insert into read_watermark as w
-           (tenant_id, thread_id, user_id, seq, message_id, sent_at, complete_seq, updated_at)
-    select ?, thread_id, ?, seq, message_id, sent_at, complete_seq, ? from marks order by thread_id
-    on conflict (tenant_id, thread_id, user_id) do update
-      set seq = greatest(w.seq, excluded.seq),
-          message_id = case when excluded.seq > w.seq then excluded.message_id else w.message_id end,
-          sent_at = case when excluded.seq > w.seq then excluded.sent_at else w.sent_at end,
-          complete_seq = greatest(w.complete_seq, excluded.complete_seq),
-          updated_at = excluded.updated_at
-      where w.seq < excluded.seq or w.complete_seq < excluded.complete_seq
-  )`;
-
-function upsertParams(tenantId: string, userId: string, now: Date): unknown[] {
-  return [tenantId, userId, tenantId, userId, now];
-}
-
-/**
- * Each input row's receipt after the upsert: `changed_read_at` when this statement wrote it, else the
- * `stored_read_at` of the statement's snapshot (the later time that made the upsert a no-op).
- * Parameters: convergedParams().
- */
-const CONVERGED = `select i.message_id, i.thread_id, u.read_at as changed_read_at, r.read_at as stored_read_at
-    from input i
-    left join upserted u on u.message_id = i.message_id
-    left join read_receipt r on r.tenant_id = ? and r.message_id = i.message_id and r.user_id = ?`;
-
-function convergedParams(tenantId: string, userId: string): unknown[] {
-  return [tenantId, userId];
-}
-
-/**
  * Database access for read receipts (LWW on (message_id, user_id)) and watermarks (never backwards).
  * Arrays travel as JSON (`jsonb_to_recordset`), since MikroORM expands array parameters into lists.
  */
@@ -123,11 +80,12 @@ export class ReadReceiptRepository {
   }
 
   /**
-   * MarkRead in ONE statement: looks the messages up with the caller's membership and, only when every
-   * one exists and the caller takes part in its thread, writes the receipts and moves each thread's
+   * MarkRead in one round trip (`comms_mark_read`, migration 20261129040000): looks the messages up
+   * with the caller's membership and, only when every one exists and the caller takes part in its
+   * thread, writes the receipts (`readAt` raised to each message's sent_at) and moves each thread's
    * watermark to the furthest of them. Returns what it found (for the caller to explain a refusal;
    * nothing is written then), the converged receipts, and the watermarks after the call with their
-   * unread counts. `readAt` is raised to each message's sent_at.
+   * unread counts.
    */
   async markMessages(
     tenantId: string,
@@ -137,54 +95,10 @@ export class ReadReceiptRepository {
     now: Date,
   ): Promise<{ found: MessageForMark[]; receipts: ReceiptRecord[]; watermarks: WatermarkRecord[] }> {
     const rows: Record<string, unknown>[] = await this.em.execute(
-      `with req as (
-         select distinct value::uuid as message_id from jsonb_array_elements_text(?::jsonb)
-       ), found as (
-         select m.message_id, m.thread_id, m.seq, m.sent_at,
-                exists (select 1 from thread_participant p
-                         where p.tenant_id = m.tenant_id and p.thread_id = m.thread_id and p.user_id = ?) as member
-           from message m
-          where m.tenant_id = ? and m.message_id in (select message_id from req)
-       ), ok as (
-         select (select count(*) from found where member) = (select count(*) from req) as ok
-       ), input as (
-         select message_id, thread_id, seq, greatest(sent_at, ?::timestamptz) as read_at
-           from found where (select ok from ok)
-       ), marks as (
-         select distinct on (thread_id) thread_id, seq, message_id, sent_at, 0 as complete_seq
-           from found where (select ok from ok)
-          order by thread_id, seq desc
-       ), ${UPSERTS}
-       select json_build_object(
-         'found', (select coalesce(json_agg(f), '[]') from found f),
-         'receipts', (select coalesce(json_agg(x), '[]') from (${CONVERGED}) x),
-         'watermarks', (
-           select coalesce(json_agg(json_build_object(
-                    'thread_id', k.thread_id,
-                    'seq', greatest(k.seq, coalesce(w.seq, 0)),
-                    'message_id', case when k.seq > coalesce(w.seq, 0) then k.message_id else w.message_id end,
-                    'sent_at', case when k.seq > coalesce(w.seq, 0) then k.sent_at else w.sent_at end,
-                    'unread', t.message_seq - greatest(k.seq, coalesce(w.seq, 0))
-                      - (select count(*) from message m
-                          where m.tenant_id = t.tenant_id and m.thread_id = t.thread_id and m.sender_user_id = ?
-                            and m.seq > greatest(k.seq, coalesce(w.seq, 0))))), '[]')
-             from marks k
-             join thread t on t.tenant_id = ? and t.thread_id = k.thread_id
-             left join read_watermark w on w.tenant_id = t.tenant_id and w.thread_id = k.thread_id and w.user_id = ?)
-       ) as result`,
-      [
-        JSON.stringify(ids),
-        userId,
-        tenantId,
-        readAt,
-        ...upsertParams(tenantId, userId, now),
-        ...convergedParams(tenantId, userId),
-        userId,
-        tenantId,
-        userId,
-      ],
+      'select comms_mark_read(?, ?, ?::jsonb, ?::timestamptz, ?::timestamptz) as r',
+      [tenantId, userId, JSON.stringify(ids), readAt, now],
     );
-    const result = rows[0]!.result as {
+    const result = rows[0]!.r as {
       found: Record<string, unknown>[];
       receipts: Record<string, unknown>[];
       watermarks: Record<string, unknown>[];
@@ -197,7 +111,7 @@ export class ReadReceiptRepository {
         sentAt: sqlDate(r.sent_at),
         member: r.member === true,
       })),
-      receipts: await this.#converged(tenantId, userId, result.receipts).then((c) => c.receipts),
+      receipts: (await this.#converged(tenantId, userId, result.receipts)).receipts,
       watermarks: result.watermarks.map((w) => ({
         threadId: w.thread_id as string,
         userId,
@@ -208,8 +122,9 @@ export class ReadReceiptRepository {
   }
 
   /**
-   * Writes receipts for `targets` and moves watermarks as `moves` say, in one statement (MarkThreadRead).
-   * Returns the converged receipts and how many were inserted or moved later.
+   * Writes receipts for `targets` and moves watermarks as `moves` say (`comms_mark`; MarkThreadRead).
+   * Receipts keep the latest read_at ever reported, watermarks only move forward. Returns the
+   * converged receipts and how many were inserted or moved later.
    */
   async mark(
     tenantId: string,
@@ -232,25 +147,13 @@ export class ReadReceiptRepository {
       complete_seq: w.completeSeq,
     }));
     const rows: Record<string, unknown>[] = await this.em.execute(
-      `with input as (
-         select * from jsonb_to_recordset(?::jsonb)
-                as i(message_id uuid, thread_id uuid, seq integer, read_at timestamptz)
-       ), marks as (
-         select * from jsonb_to_recordset(?::jsonb)
-                as m(thread_id uuid, seq integer, message_id uuid, sent_at timestamptz, complete_seq integer)
-       ), ${UPSERTS}
-       ${CONVERGED}`,
-      [
-        JSON.stringify(input),
-        JSON.stringify(marks),
-        ...upsertParams(tenantId, userId, now),
-        ...convergedParams(tenantId, userId),
-      ],
+      'select comms_mark(?, ?, ?::jsonb, ?::jsonb, ?::timestamptz) as r',
+      [tenantId, userId, JSON.stringify(input), JSON.stringify(marks), now],
     );
-    return this.#converged(tenantId, userId, rows);
+    return this.#converged(tenantId, userId, rows[0]!.r as Record<string, unknown>[]);
   }
 
-  /** Receipts from CONVERGED rows; a row a concurrent call inserted after the snapshot is read back. */
+  /** Receipts from comms_mark's rows; a row a concurrent call inserted after its snapshot is read back. */
   async #converged(
     tenantId: string,
     userId: string,
