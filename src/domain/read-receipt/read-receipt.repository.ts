@@ -40,13 +40,20 @@ export interface WatermarkRecord {
   readonly unreadCount: number;
 }
 
-/** A message the caller asked about, whether it may mark it, and its position. */
+/** A message a refused MarkRead found, and whether the caller takes part in its thread. */
 export interface MessageForMark {
   readonly messageId: string;
   readonly threadId: string;
-  readonly seq: number;
-  readonly sentAt: Date;
   readonly member: boolean;
+}
+
+/**
+ * A PostgreSQL array literal of ids, numbers or ISO timestamps, for a `?::type[]` parameter (MikroORM
+ * expands JavaScript arrays into value lists). Elements are quoted; none of these values holds a quote
+ * or a backslash, and any that did would be escaped.
+ */
+function pgArray(values: readonly (string | number)[]): string {
+  return `{${values.map((v) => `"${String(v).replace(/["\\]/g, (c) => `\\${c}`)}"`).join(',')}}`;
 }
 
 /**
@@ -93,24 +100,29 @@ export class ReadReceiptRepository {
     ids: readonly string[],
     readAt: Date,
     now: Date,
-  ): Promise<{ found: MessageForMark[]; receipts: ReceiptRecord[]; watermarks: WatermarkRecord[] }> {
+  ): Promise<
+    { refused: MessageForMark[] } | { refused: undefined; receipts: ReceiptRecord[]; watermarks: WatermarkRecord[] }
+  > {
     const rows: Record<string, unknown>[] = await this.em.execute(
-      'select comms_mark_read(?, ?, ?::jsonb, ?::timestamptz, ?::timestamptz) as r',
-      [tenantId, userId, JSON.stringify(ids), readAt, now],
+      'select comms_mark_read(?, ?, ?::uuid[], ?::timestamptz, ?::timestamptz) as r',
+      [tenantId, userId, pgArray(ids), readAt, now],
     );
     const result = rows[0]!.r as {
       found: Record<string, unknown>[];
-      receipts: Record<string, unknown>[];
-      watermarks: Record<string, unknown>[];
+      receipts?: Record<string, unknown>[];
+      watermarks?: Record<string, unknown>[];
     };
+    if (!result.receipts || !result.watermarks) {
+      return {
+        refused: result.found.map((r) => ({
+          messageId: r.message_id as string,
+          threadId: r.thread_id as string,
+          member: r.member === true,
+        })),
+      };
+    }
     return {
-      found: result.found.map((r) => ({
-        messageId: r.message_id as string,
-        threadId: r.thread_id as string,
-        seq: Number(r.seq),
-        sentAt: sqlDate(r.sent_at),
-        member: r.member === true,
-      })),
+      refused: undefined,
       receipts: (await this.#converged(tenantId, userId, result.receipts)).receipts,
       watermarks: result.watermarks.map((w) => ({
         threadId: w.thread_id as string,
@@ -133,24 +145,25 @@ export class ReadReceiptRepository {
     moves: readonly WatermarkMove[],
     now: Date,
   ): Promise<{ receipts: ReceiptRecord[]; changed: number }> {
-    const input = targets.map((t) => ({
-      message_id: t.messageId,
-      thread_id: t.threadId,
-      seq: t.seq,
-      read_at: t.readAt.toISOString(),
-    }));
-    const marks = moves.map((w) => ({
-      thread_id: w.threadId,
-      seq: w.seq,
-      message_id: w.messageId,
-      sent_at: w.sentAt.toISOString(),
-      complete_seq: w.completeSeq,
-    }));
     const rows: Record<string, unknown>[] = await this.em.execute(
-      'select comms_mark(?, ?, ?::jsonb, ?::jsonb, ?::timestamptz) as r',
-      [tenantId, userId, JSON.stringify(input), JSON.stringify(marks), now],
+      `select * from comms_mark(?, ?, ?::uuid[], ?::uuid[], ?::integer[], ?::timestamptz[],
+                                ?::uuid[], ?::integer[], ?::uuid[], ?::timestamptz[], ?::integer[], ?::timestamptz)`,
+      [
+        tenantId,
+        userId,
+        pgArray(targets.map((t) => t.messageId)),
+        pgArray(targets.map((t) => t.threadId)),
+        pgArray(targets.map((t) => t.seq)),
+        pgArray(targets.map((t) => t.readAt.toISOString())),
+        pgArray(moves.map((m) => m.threadId)),
+        pgArray(moves.map((m) => m.seq)),
+        pgArray(moves.map((m) => m.messageId)),
+        pgArray(moves.map((m) => m.sentAt.toISOString())),
+        pgArray(moves.map((m) => m.completeSeq)),
+        now,
+      ],
     );
-    return this.#converged(tenantId, userId, rows[0]!.r as Record<string, unknown>[]);
+    return this.#converged(tenantId, userId, rows);
   }
 
   /** Receipts from comms_mark's rows; a row a concurrent call inserted after its snapshot is read back. */

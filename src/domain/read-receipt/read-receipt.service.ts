@@ -47,20 +47,25 @@ export class ReadReceiptService {
     v.throwIfAny();
 
     const now = this.clock.now();
-    const { found, receipts, watermarks } = await withinDeadline(db, (em) =>
+    const result = await withinDeadline(db, (em) =>
       new ReadReceiptRepository(em).markMessages(actor.tenantId, actor.userId, ids, clampToNow(input.readAt, now), now),
     );
-    // The statement wrote nothing unless every message exists and the caller takes part in its thread.
-    const byId = new Map(found.map((m) => [m.messageId, m]));
-    for (const id of ids) {
-      const m = byId.get(id);
-      if (!m) throw new MessageNotFound(id);
-      if (!m.member) {
-        // Staff and service may see the message, but only participants keep receipts.
-        if (memberPermissions(actor, false).see) throw new ThreadPermissionDenied(m.threadId, 'mark messages read in');
-        throw new MessageNotFound(id);
+    if (result.refused) {
+      // Nothing was written: every message must exist and the caller must take part in its thread.
+      const byId = new Map(result.refused.map((m) => [m.messageId, m]));
+      for (const id of ids) {
+        const m = byId.get(id);
+        if (!m) throw new MessageNotFound(id);
+        if (!m.member) {
+          // Staff and service may see the message, but only participants keep receipts.
+          if (memberPermissions(actor, false).see)
+            throw new ThreadPermissionDenied(m.threadId, 'mark messages read in');
+          throw new MessageNotFound(id);
+        }
       }
+      throw new Error('MarkRead refused without a reason');
     }
+    const { receipts, watermarks } = result;
     return { receipts: sortLike(receipts, ids), watermarks };
   }
 

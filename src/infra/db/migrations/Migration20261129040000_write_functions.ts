@@ -66,101 +66,102 @@ export class Migration20261129040000_write_functions extends Migration {
                                  'thread', json_build_object('state', t.state, 'member', t.member));
       end $$`);
     this.addSql(`
-      create function comms_mark(p_tenant text, p_user text, p_input jsonb, p_marks jsonb, p_now timestamptz)
-        returns json
+      create function comms_mark(
+        p_tenant text, p_user text,
+        p_ids uuid[], p_threads uuid[], p_seqs integer[], p_read_ats timestamptz[],
+        p_mark_threads uuid[], p_mark_seqs integer[], p_mark_ids uuid[], p_mark_sent timestamptz[],
+        p_mark_complete integer[], p_now timestamptz)
+        returns table (message_id uuid, thread_id uuid, changed_read_at timestamptz, stored_read_at timestamptz)
       language plpgsql as $$
-      declare
-        result json;
+      #variable_conflict use_column
       begin
         -- Receipts keep the latest read_at ever reported; watermarks only move forward. Rows are written
         -- in key order, so concurrent marks cannot deadlock. Returns each input row's receipt after the
         -- call: changed_read_at when written now, else the snapshot's stored (later) read_at.
+        return query
         with input as (
-            select * from jsonb_to_recordset(p_input)
-                   as i(message_id uuid, thread_id uuid, seq integer, read_at timestamptz)
-          ), marks as (
-            select * from jsonb_to_recordset(p_marks)
-                   as k(thread_id uuid, seq integer, message_id uuid, sent_at timestamptz, complete_seq integer)
-          ), upserted as (
-            insert into read_receipt as r (tenant_id, message_id, user_id, thread_id, seq, read_at)
-            select p_tenant, message_id, p_user, thread_id, seq, read_at from input order by message_id
-            on conflict (tenant_id, message_id, user_id) do update set read_at = excluded.read_at
-              where r.read_at < excluded.read_at
-            returning r.message_id, r.read_at
-          ), moved as (
-            insert into read_watermark as w
-                   (tenant_id, thread_id, user_id, seq, message_id, sent_at, complete_seq, updated_at)
-            select p_tenant, thread_id, p_user, seq, message_id, sent_at, complete_seq, p_now
-              from marks order by thread_id
-            on conflict (tenant_id, thread_id, user_id) do update
-              set seq = greatest(w.seq, excluded.seq),
-                  message_id = case when excluded.seq > w.seq then excluded.message_id else w.message_id end,
-                  sent_at = case when excluded.seq > w.seq then excluded.sent_at else w.sent_at end,
-                  complete_seq = greatest(w.complete_seq, excluded.complete_seq),
-                  updated_at = excluded.updated_at
-              where w.seq < excluded.seq or w.complete_seq < excluded.complete_seq
-          )
-          select coalesce(json_agg(json_build_object(
-                   'message_id', i.message_id, 'thread_id', i.thread_id,
-                   'changed_read_at', u.read_at, 'stored_read_at', r.read_at)), '[]')
-            into result
-            from input i
-            left join upserted u on u.message_id = i.message_id
-            left join read_receipt r on r.tenant_id = p_tenant and r.message_id = i.message_id and r.user_id = p_user;
-        return result;
+          select * from unnest(p_ids, p_threads, p_seqs, p_read_ats) as i(message_id, thread_id, seq, read_at)
+        ), upserted as (
+          insert into read_receipt as r (tenant_id, message_id, user_id, thread_id, seq, read_at)
+          select p_tenant, i.message_id, p_user, i.thread_id, i.seq, i.read_at from input i order by i.message_id
+          on conflict on constraint read_receipt_pkey do update set read_at = excluded.read_at
+            where r.read_at < excluded.read_at
+          returning r.message_id, r.read_at
+        ), moved as (
+          insert into read_watermark as w
+                 (tenant_id, thread_id, user_id, seq, message_id, sent_at, complete_seq, updated_at)
+          select p_tenant, k.thread_id, p_user, k.seq, k.message_id, k.sent_at, k.complete_seq, p_now
+            from unnest(p_mark_threads, p_mark_seqs, p_mark_ids, p_mark_sent, p_mark_complete)
+                 as k(thread_id, seq, message_id, sent_at, complete_seq)
+           order by k.thread_id
+          on conflict on constraint read_watermark_pkey do update
+            set seq = greatest(w.seq, excluded.seq),
+                message_id = case when excluded.seq > w.seq then excluded.message_id else w.message_id end,
+                sent_at = case when excluded.seq > w.seq then excluded.sent_at else w.sent_at end,
+                complete_seq = greatest(w.complete_seq, excluded.complete_seq),
+                updated_at = excluded.updated_at
+            where w.seq < excluded.seq or w.complete_seq < excluded.complete_seq
+        )
+        select i.message_id, i.thread_id, u.read_at, r.read_at
+          from input i
+          left join upserted u on u.message_id = i.message_id
+          left join read_receipt r on r.tenant_id = p_tenant and r.message_id = i.message_id and r.user_id = p_user;
       end $$`);
     this.addSql(`
-      create function comms_mark_read(p_tenant text, p_user text, p_ids jsonb, p_read_at timestamptz,
+      create function comms_mark_read(p_tenant text, p_user text, p_ids uuid[], p_read_at timestamptz,
                                       p_now timestamptz) returns json
       language plpgsql as $$
       declare
-        found_rows json;
-        complete boolean;
-        receipts json := '[]';
-        watermarks json := '[]';
+        v_ids uuid[];
+        v_threads uuid[];
+        v_seqs integer[];
+        v_sent timestamptz[];
+        v_read_ats timestamptz[];
+        v_member boolean[];
+        k_threads uuid[];
+        k_seqs integer[];
+        k_ids uuid[];
+        k_sent timestamptz[];
+        receipts json;
+        watermarks json;
       begin
-        -- The messages asked for, with whether the reader takes part in their threads.
-        select coalesce(json_agg(json_build_object(
-                 'message_id', m.message_id, 'thread_id', m.thread_id, 'seq', m.seq, 'sent_at', m.sent_at,
-                 'member', exists (select 1 from thread_participant p
-                                    where p.tenant_id = m.tenant_id and p.thread_id = m.thread_id
-                                      and p.user_id = p_user))), '[]')
-          into found_rows
-          from message m
-         where m.tenant_id = p_tenant
-           and m.message_id in (select value::uuid from jsonb_array_elements_text(p_ids));
-        select count(*) = jsonb_array_length(p_ids)
-          into complete
-          from json_array_elements(found_rows) f
-         where (f ->> 'member')::boolean;
-        if complete then
-          receipts := comms_mark(
-            p_tenant, p_user,
-            (select jsonb_agg(jsonb_build_object(
-                      'message_id', f ->> 'message_id', 'thread_id', f ->> 'thread_id', 'seq', f ->> 'seq',
-                      'read_at', greatest((f ->> 'sent_at')::timestamptz, p_read_at)))
-               from json_array_elements(found_rows) f),
-            (select jsonb_agg(k) from (
-               select distinct on (f ->> 'thread_id') jsonb_build_object(
-                        'thread_id', f ->> 'thread_id', 'seq', f ->> 'seq', 'message_id', f ->> 'message_id',
-                        'sent_at', f ->> 'sent_at', 'complete_seq', 0) as k
-                 from json_array_elements(found_rows) f
-                order by f ->> 'thread_id', (f ->> 'seq')::integer desc) marks),
-            p_now);
-          -- Each touched thread's watermark after the call, with the reader's unread count.
-          select coalesce(json_agg(json_build_object(
-                   'thread_id', w.thread_id, 'seq', w.seq, 'message_id', w.message_id, 'sent_at', w.sent_at,
-                   'unread', t.message_seq - w.seq
-                     - (select count(*) from message m
-                         where m.tenant_id = t.tenant_id and m.thread_id = t.thread_id
-                           and m.sender_user_id = p_user and m.seq > w.seq))), '[]')
-            into watermarks
-            from read_watermark w
-            join thread t on t.tenant_id = w.tenant_id and t.thread_id = w.thread_id
-           where w.tenant_id = p_tenant and w.user_id = p_user
-             and w.thread_id in (select distinct (f ->> 'thread_id')::uuid from json_array_elements(found_rows) f);
+        -- The messages asked for (p_ids holds no duplicates), with whether the reader takes part.
+        select array_agg(m.message_id), array_agg(m.thread_id), array_agg(m.seq), array_agg(m.sent_at),
+               array_agg(greatest(m.sent_at, p_read_at)),
+               array_agg(exists (select 1 from thread_participant p
+                                  where p.tenant_id = m.tenant_id and p.thread_id = m.thread_id
+                                    and p.user_id = p_user))
+          into v_ids, v_threads, v_seqs, v_sent, v_read_ats, v_member
+          from unnest(p_ids) as r(id)
+          join message m on m.tenant_id = p_tenant and m.message_id = r.id;
+        if coalesce(array_length(v_ids, 1), 0) < array_length(p_ids, 1) or false = any(v_member) then
+          -- Refused as a whole: say what was found, write nothing.
+          return json_build_object('found', (
+            select coalesce(json_agg(json_build_object('message_id', x.i, 'thread_id', x.t, 'member', x.m)), '[]')
+              from unnest(v_ids, v_threads, v_member) as x(i, t, m)));
         end if;
-        return json_build_object('found', found_rows, 'receipts', receipts, 'watermarks', watermarks);
+        -- Each thread's watermark moves to the furthest message marked in it.
+        select array_agg(k.t), array_agg(k.s), array_agg(k.i), array_agg(k.a)
+          into k_threads, k_seqs, k_ids, k_sent
+          from (select distinct on (x.t) x.t, x.s, x.i, x.a
+                  from unnest(v_threads, v_seqs, v_ids, v_sent) as x(t, s, i, a)
+                 order by x.t, x.s desc) k;
+        select json_agg(c) into receipts
+          from comms_mark(p_tenant, p_user, v_ids, v_threads, v_seqs, v_read_ats,
+                          k_threads, k_seqs, k_ids, k_sent, array_fill(0, array[array_length(k_threads, 1)]),
+                          p_now) c;
+        -- The watermarks after the call (this function sees its own writes), with unread counts.
+        select coalesce(json_agg(json_build_object(
+                 'thread_id', w.thread_id, 'seq', w.seq, 'message_id', w.message_id, 'sent_at', w.sent_at,
+                 'unread', t.message_seq - w.seq
+                   - (select count(*) from message m
+                       where m.tenant_id = t.tenant_id and m.thread_id = t.thread_id
+                         and m.sender_user_id = p_user and m.seq > w.seq))), '[]')
+          into watermarks
+          from unnest(k_threads) as k(thread_id)
+          join read_watermark w on w.tenant_id = p_tenant and w.thread_id = k.thread_id and w.user_id = p_user
+          join thread t on t.tenant_id = w.tenant_id and t.thread_id = w.thread_id;
+        return json_build_object('found', '[]'::json, 'receipts', receipts, 'watermarks', watermarks);
       end $$`);
   }
 
