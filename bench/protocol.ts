@@ -1,6 +1,7 @@
 import { type Client, Metadata, type ServiceError, status } from '@grpc/grpc-js';
 import { MessageServiceService } from '../gen/comms/v1/message.js';
 import { ReadReceiptServiceService } from '../gen/comms/v1/read_receipt.js';
+import { call as unaryCall, type UnaryMethod } from '../test/support/unary.js';
 
 /**
  * What the parent (loadgen.ts) and the load-generating child processes (worker.ts) say to each other,
@@ -110,13 +111,6 @@ export function codeName(err: unknown): string {
   return typeof code === 'number' && status[code] !== undefined ? status[code] : 'CLIENT_ERROR';
 }
 
-type UnaryMethod<Req, Res> = (
-  req: Req,
-  md: Metadata,
-  opts: { deadline?: Date },
-  cb: (err: ServiceError | null, res: Res) => void,
-) => unknown;
-
 /** Promisifies one unary call of a generated client (setup traffic, not the measured loop). */
 export function call<Req, Res>(
   client: Client,
@@ -125,11 +119,7 @@ export function call<Req, Res>(
   md: Metadata,
   timeoutMs = 30_000,
 ): Promise<Res> {
-  return new Promise((resolve, reject) =>
-    method.call(client, req, md, { deadline: new Date(Date.now() + timeoutMs) }, (err, res) =>
-      err ? reject(err) : resolve(res),
-    ),
-  );
+  return unaryCall(client, method, req, md, { deadline: new Date(Date.now() + timeoutMs) });
 }
 
 /** A message body of about `bytes` UTF-8 bytes (ASCII), distinct per `seq`. */

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { type Client, credentials, Metadata, type ServiceError } from '@grpc/grpc-js';
+import { credentials, Metadata, type ServiceError } from '@grpc/grpc-js';
 import { expect } from 'chai';
 import { ErrorInfo, BadRequest } from '../../gen/google/rpc/error_details.js';
 import { Status } from '../../gen/google/rpc/status.js';
@@ -44,25 +44,7 @@ export function bearer(token: string): Metadata {
   return md;
 }
 
-type UnaryMethod<Req, Res> = (
-  req: Req,
-  md: Metadata,
-  opts: { deadline?: Date },
-  cb: (err: ServiceError | null, res: Res) => void,
-) => unknown;
-
-/** Promisifies one unary call of a generated client. */
-export function call<Req, Res>(
-  client: Client,
-  method: UnaryMethod<Req, Res>,
-  req: Req,
-  md: Metadata,
-  opts: { deadline?: Date } = {},
-): Promise<Res> {
-  return new Promise((resolve, reject) =>
-    method.call(client, req, md, opts, (err, res) => (err ? reject(err) : resolve(res))),
-  );
-}
+export { call } from './unary.js';
 
 /** Awaits a call expected to fail; returns the ServiceError. */
 export async function callError(promise: Promise<unknown>): Promise<ServiceError> {
