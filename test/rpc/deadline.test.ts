@@ -2,10 +2,18 @@ import { status } from '@grpc/grpc-js';
 import { expect } from 'chai';
 import { EscalationLevel, ParticipantRole } from '../../gen/comms/v1/thread.js';
 import { call, callError, messageClient, newTenant, newUser, threadClient } from '../support/clients.js';
+import { env } from '../support/hooks.js';
 import { createThread, holdThreadLock, participant } from '../support/threads.js';
 import { waitFor } from '../support/wait.js';
 
 describe('deadlines', () => {
+  it('every pooled connection caps its statements at DB_STATEMENT_TIMEOUT_MS', async () => {
+    const rows: { ms: number }[] = await env.app.orm.em
+      .fork()
+      .execute(`select setting::int as ms from pg_settings where name = 'statement_timeout'`);
+    expect(rows[0]?.ms).to.equal(env.config.dbStatementTimeoutMs);
+  });
+
   it('a mutation whose deadline passes while it waits for a lock never commits', async function () {
     this.timeout(20_000);
     const client = threadClient();
