@@ -55,7 +55,7 @@ export async function startApp(config: Config, opts: { clock?: Clock; log?: Logg
   addServices(server, adapter, {
     threads: new ThreadService(clock),
     messages: new MessageService(clock, { bodyMaxBytes: config.limits.messageMaxBytes }),
-    receipts: new ReadReceiptService(clock),
+    receipts: new ReadReceiptService(clock, { maxIdsPerCall: config.limits.markReadMaxIds }),
   });
   health.addToServer(server);
   addReflection(server);

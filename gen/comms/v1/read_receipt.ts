@@ -56,7 +56,7 @@ export interface ReadWatermark {
 
 /** Request for MarkRead. */
 export interface MarkReadRequest {
-  /** The messages read, 1 to 500 ids (configurable); duplicates are ignored. */
+  /** The messages read, 1 to 500 ids (MARK_READ_MAX_IDS); duplicates are ignored. */
   messageIds: string[];
   /**
    * When they were read (may be in the past for marks queued offline); unset means now. A time in the
@@ -103,7 +103,7 @@ export interface MarkThreadReadResponse {
 export interface ListReadReceiptsRequest {
   /** The thread. */
   threadId: string;
-  /** Optional: only these messages of the thread, at most 500. */
+  /** Optional: only these messages of the thread, at most 500 (MARK_READ_MAX_IDS). */
   messageIds: string[];
   /**
    * Maximum receipts to return: 0 means 100, larger values are clamped to 500, negative values are

@@ -275,9 +275,9 @@ export interface CreateThreadRequest {
   /** Subject, 1 to 200 characters. */
   subject: string;
   /**
-   * The other participants, at most 50; duplicates by user_id are refused. The caller is added by the
-   * server (role from its token: patient → PATIENT, provider → PROVIDER, staff → CARE_STAFF) unless
-   * its role is `service`.
+   * The other participants (a thread has at most 50, the caller included); duplicates by user_id are
+   * refused. The caller is added by the server (role from its token: patient → PATIENT, provider →
+   * PROVIDER, staff → CARE_STAFF) unless its role is `service`.
    */
   participants: Participant[];
   /**

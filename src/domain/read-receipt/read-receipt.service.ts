@@ -12,8 +12,10 @@ import { ThreadRepository } from '../thread/thread.repository.js';
 import { checkUuid, pageSize } from '../validation.js';
 import { ReadReceiptRepository, type ReceiptRecord, type WatermarkRecord } from './read-receipt.repository.js';
 
-/** Limits of the receipt aggregate. */
-export const RECEIPT_LIMITS = { maxIdsPerCall: 500 } as const;
+/** Limits of the receipt aggregate; `maxIdsPerCall` is MARK_READ_MAX_IDS. */
+export interface ReceiptLimits {
+  readonly maxIdsPerCall: number;
+}
 
 export interface MarkReadResult {
   readonly receipts: readonly ReceiptRecord[];
@@ -26,7 +28,10 @@ export interface MarkReadResult {
  * message before it was sent, nor in the future.
  */
 export class ReadReceiptService {
-  constructor(private readonly clock: Clock) {}
+  constructor(
+    private readonly clock: Clock,
+    private readonly limits: ReceiptLimits,
+  ) {}
 
   async markRead(
     actor: Actor,
@@ -35,14 +40,7 @@ export class ReadReceiptService {
   ): Promise<MarkReadResult> {
     const v = new Violations();
     if (input.messageIds.length === 0) v.add('message_ids', 'is required');
-    if (input.messageIds.length > RECEIPT_LIMITS.maxIdsPerCall) {
-      v.add('message_ids', `must hold at most ${RECEIPT_LIMITS.maxIdsPerCall} ids`);
-    }
-    const ids = [
-      ...new Set(
-        input.messageIds.slice(0, RECEIPT_LIMITS.maxIdsPerCall).map((id, i) => checkUuid(v, `message_ids[${i}]`, id)),
-      ),
-    ];
+    const ids = [...new Set(this.#checkIds(v, input.messageIds))];
     checkReadAt(v, input.readAt);
     v.throwIfAny();
 
@@ -116,12 +114,7 @@ export class ReadReceiptService {
   ): Promise<{ receipts: ReceiptRecord[]; nextPageToken: string }> {
     const v = new Violations();
     const threadId = checkUuid(v, 'thread_id', input.threadId);
-    if (input.messageIds.length > RECEIPT_LIMITS.maxIdsPerCall) {
-      v.add('message_ids', `must hold at most ${RECEIPT_LIMITS.maxIdsPerCall} ids`);
-    }
-    const ids = input.messageIds
-      .slice(0, RECEIPT_LIMITS.maxIdsPerCall)
-      .map((id, i) => checkUuid(v, `message_ids[${i}]`, id));
+    const ids = this.#checkIds(v, input.messageIds);
     v.throwIfAny();
     const size = pageSize(input.pageSize, 100, 500);
     const filter = [...ids].sort().join(',');
@@ -149,6 +142,13 @@ export class ReadReceiptService {
         ? encodePageToken('receipts', { t: threadId, f: filter, s: last.seq, u: last.userId })
         : '';
     return { receipts: page, nextPageToken };
+  }
+
+  /** Checks a list of message ids: at most MARK_READ_MAX_IDS, each a UUID; returns them normalized. */
+  #checkIds(v: Violations, ids: readonly string[]): string[] {
+    const max = this.limits.maxIdsPerCall;
+    if (ids.length > max) v.add('message_ids', `must hold at most ${max} ids`);
+    return ids.slice(0, max).map((id, i) => checkUuid(v, `message_ids[${i}]`, id));
   }
 }
 

@@ -65,7 +65,7 @@ export interface Config {
     readonly maxConnectionAgeMs: number;
     readonly maxConnectionAgeGraceMs: number;
   };
-  readonly limits: { readonly messageMaxBytes: number };
+  readonly limits: { readonly messageMaxBytes: number; readonly markReadMaxIds: number };
   readonly shutdownGraceMs: number;
   readonly shutdownDrainDelayMs: number;
   readonly healthProbeMs: number;
@@ -101,6 +101,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       GRPC_MAX_CONNECTION_AGE_MS: int(1000, 86_400_000)({ default: 1_800_000 }),
       GRPC_MAX_CONNECTION_AGE_GRACE_MS: int(0, 3_600_000)({ default: 300_000 }),
       MESSAGE_MAX_BYTES: int(1, 262_144)({ default: 16_384 }),
+      MARK_READ_MAX_IDS: int(1, 10_000)({ default: 500 }),
       SHUTDOWN_GRACE_MS: int(0, 600_000)({ default: 10_000 }),
       SHUTDOWN_DRAIN_DELAY_MS: int(0, 600_000)({ default: 1_000 }),
       HEALTH_PROBE_MS: int(100, 60_000)({ default: 2_000 }),
@@ -146,7 +147,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       maxConnectionAgeMs: e.GRPC_MAX_CONNECTION_AGE_MS,
       maxConnectionAgeGraceMs: e.GRPC_MAX_CONNECTION_AGE_GRACE_MS,
     },
-    limits: { messageMaxBytes: e.MESSAGE_MAX_BYTES },
+    limits: { messageMaxBytes: e.MESSAGE_MAX_BYTES, markReadMaxIds: e.MARK_READ_MAX_IDS },
     shutdownGraceMs: e.SHUTDOWN_GRACE_MS,
     shutdownDrainDelayMs: e.SHUTDOWN_DRAIN_DELAY_MS,
     healthProbeMs: e.HEALTH_PROBE_MS,
