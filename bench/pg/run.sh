@@ -1,0 +1,28 @@
+#!/bin/sh
+# PostgreSQL alone, without gRPC or Node: pgbench runs the baseline's INSERT, the bare message insert and
+# the whole send function on a fresh, migrated database. Usage (PostgreSQL client tools on PATH):
+#   DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres sh bench/pg/run.sh
+set -eu
+cd "$(dirname "$0")/../.."
+: "${DATABASE_URL:?set DATABASE_URL to a PostgreSQL server (a database is created and dropped on it)}"
+db="comms_pgbench_$$"
+url=$(node -e 'const u = new URL(process.argv[1]); u.pathname = "/" + process.argv[2]; console.log(u.toString())' "$DATABASE_URL" "$db")
+psql "$DATABASE_URL" -qc "create database $db"
+trap 'psql "$DATABASE_URL" -qc "drop database if exists $db with (force)"' EXIT
+npm run --silent build
+node -e 'import("./dist/src/infra/db/orm.js").then(async (m) => { const orm = await m.openDatabase(process.argv[1], 2, 60000); await orm.close(); })' "$url"
+psql "$url" -q <<'SQL'
+create table baseline_message (tenant_id text, message_id uuid, thread_id uuid, sender text, key text, body text,
+  sent_at timestamptz, primary key (tenant_id, message_id), unique (tenant_id, sender, key));
+insert into thread (tenant_id, thread_id, subject, state, created_by, created_at, updated_at, last_activity_at)
+  select 'pb', ('01900000-0000-7000-8000-' || lpad(to_hex(g), 12, '0'))::uuid, 's', 'active', 'a', now(), now(), now()
+    from generate_series(1, 256) g;
+insert into thread_participant
+  select 'pb', ('01900000-0000-7000-8000-' || lpad(to_hex(g), 12, '0'))::uuid, 'a', 'provider', now(), 'a'
+    from generate_series(1, 256) g;
+SQL
+for script in insert message-insert send; do
+  tps=$(pgbench -n -c "${PGBENCH_CLIENTS:-16}" -j 2 -T "${PGBENCH_SECONDS:-10}" -f "bench/pg/$script.sql" "$url" 2>&1 |
+    sed -n 's/^tps = \([0-9.]*\).*/\1/p')
+  echo "$script: $tps transactions/s"
+done
