@@ -101,7 +101,9 @@ export class ReadReceiptService {
       const targets = range.map((m) => ({ ...m, threadId, readAt: laterOf(requested, m.sentAt) }));
       const last = (await new MessageRepository(db.em).atSeq(actor.tenantId, threadId, upTo))!;
       const mark = { threadId, seq: upTo, messageId: last.messageId, sentAt: last.sentAt, completeSeq: upTo };
-      ({ changed } = await repo.mark(actor.tenantId, actor.userId, targets, [mark], now));
+      ({ changed } = await withinDeadline(db, (em) =>
+        new ReadReceiptRepository(em).mark(actor.tenantId, actor.userId, targets, [mark], now),
+      ));
     }
     const [watermark] = await repo.watermarks(actor.tenantId, actor.userId, [threadId]);
     return { watermark: watermark!, changed };
