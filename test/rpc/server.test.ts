@@ -13,7 +13,16 @@ import { ThreadServiceClient } from '../../gen/comms/v1/thread.js';
 import { NotificationServiceClient } from '../../gen/comms/v1/notification.js';
 import { signDevToken } from '../../src/infra/auth/dev-token.js';
 import { SERVICE_NAMES } from '../../src/rpc/server.js';
-import { bearer, call, callError, expectError, newTenant, newUser, threadClient } from '../support/clients.js';
+import {
+  bearer,
+  call,
+  callError,
+  expectError,
+  newTenant,
+  newUser,
+  type TestUser,
+  threadClient,
+} from '../support/clients.js';
 import { env } from '../support/hooks.js';
 import { checkHealth, healthClient } from '../support/health.js';
 
@@ -169,67 +178,54 @@ describe('server: authentication', () => {
 });
 
 describe('server: errors and unimplemented services', () => {
+  let client: ThreadServiceClient;
+  let user: TestUser;
+  before(async () => {
+    client = threadClient();
+    user = await newUser(newTenant(), 'provider');
+  });
+  after(() => client.close());
+
   it('sends google.rpc.Status with ErrorInfo and BadRequest that a client decodes', async () => {
-    const client = threadClient();
-    try {
-      const user = await newUser(newTenant(), 'provider');
-      const { badRequest, status: rpcStatus } = await expectError(
-        call(client, client.getThread, { threadId: 'not-a-uuid' }, user.md),
-        status.INVALID_ARGUMENT,
-        'INVALID_ARGUMENT',
-      );
-      expect(rpcStatus.code).to.equal(status.INVALID_ARGUMENT);
-      expect(badRequest?.fieldViolations.map((v) => v.field)).to.deep.equal(['thread_id']);
-    } finally {
-      client.close();
-    }
+    const { badRequest, status: rpcStatus } = await expectError(
+      call(client, client.getThread, { threadId: 'not-a-uuid' }, user.md),
+      status.INVALID_ARGUMENT,
+      'INVALID_ARGUMENT',
+    );
+    expect(rpcStatus.code).to.equal(status.INVALID_ARGUMENT);
+    expect(badRequest?.fieldViolations.map((v) => v.field)).to.deep.equal(['thread_id']);
   });
 
   it('answers UNIMPLEMENTED with reason NOT_IMPLEMENTED_YET for services of later issues', async () => {
-    const client = new NotificationServiceClient(env.address, credentials.createInsecure());
+    const notifications = new NotificationServiceClient(env.address, credentials.createInsecure());
     try {
-      const user = await newUser(newTenant(), 'patient');
       const { info } = await expectError(
-        call(client, client.getNotification, { notificationId: '0190d7a0-0000-7000-8000-000000000000' }, user.md),
+        call(
+          notifications,
+          notifications.getNotification,
+          { notificationId: '0190d7a0-0000-7000-8000-000000000000' },
+          user.md,
+        ),
         status.UNIMPLEMENTED,
         'NOT_IMPLEMENTED_YET',
       );
       expect(info?.metadata.issue).to.equal('6');
     } finally {
-      client.close();
+      notifications.close();
     }
   });
 
   it('refuses a request larger than the receive limit', async () => {
-    const client = threadClient();
-    try {
-      const user = await newUser(newTenant(), 'provider');
-      const err = await callError(
-        call(
-          client,
-          client.createThread,
-          { subject: 'x'.repeat(env.config.grpc.maxReceiveBytes + 10), participants: [], requestId: '' },
-          user.md,
-        ),
-      );
-      expect(err.code).to.equal(status.RESOURCE_EXHAUSTED);
-    } finally {
-      client.close();
-    }
+    const big = { subject: 'x'.repeat(env.config.grpc.maxReceiveBytes + 10), participants: [], requestId: '' };
+    const err = await callError(call(client, client.createThread, big, user.md));
+    expect(err.code).to.equal(status.RESOURCE_EXHAUSTED);
   });
 
   it('honours a deadline that has already passed', async () => {
-    const client = threadClient();
-    try {
-      const user = await newUser(newTenant(), 'provider');
-      const err = await callError(
-        call(client, client.listThreads, { pageSize: 0, pageToken: '', state: 0 }, user.md, {
-          deadline: new Date(Date.now() - 1),
-        }),
-      );
-      expect(err.code).to.equal(status.DEADLINE_EXCEEDED);
-    } finally {
-      client.close();
-    }
+    const list = { pageSize: 0, pageToken: '', state: 0 };
+    const err = await callError(
+      call(client, client.listThreads, list, user.md, { deadline: new Date(Date.now() - 1) }),
+    );
+    expect(err.code).to.equal(status.DEADLINE_EXCEEDED);
   });
 });
