@@ -5,7 +5,7 @@ import {
   type Thread as PbThread,
   ThreadState as PbThreadState,
 } from '../../gen/comms/v1/thread.js';
-import { encodeCursor } from '../domain/message/message.cursor.js';
+import { latestPosition } from '../domain/message/message.entity.js';
 import type { ParticipantSpec } from '../domain/thread/thread.policy.js';
 import {
   type EscalationLevel,
@@ -85,9 +85,6 @@ export function threadToPb(view: ThreadView): PbThread {
     etag: threadEtag(t),
     unreadCount: view.readState?.unreadCount ?? 0,
     readUpTo: view.readState?.readUpTo,
-    latestMessage:
-      t.lastMessageId && t.lastMessageAt
-        ? { messageId: t.lastMessageId, sentAt: t.lastMessageAt, cursor: encodeCursor(t.threadId, t.messageSeq) }
-        : undefined,
+    latestMessage: latestPosition(t),
   };
 }

@@ -23,12 +23,7 @@ const MessageSchema = defineEntity({
   },
 });
 
-export class Message extends MessageSchema.class {
-  /** This message's opaque position cursor. */
-  get cursor(): string {
-    return encodeCursor(this.threadId, this.seq);
-  }
-}
+export class Message extends MessageSchema.class {}
 MessageSchema.setClass(Message);
 
 /** A position in a thread: the message at it, its send time and its cursor. */
@@ -41,4 +36,16 @@ export interface MessagePosition {
 /** The position of message `seq` of a thread. */
 export function position(threadId: string, seq: number, messageId: string, sentAt: Date): MessagePosition {
   return { messageId, sentAt, cursor: encodeCursor(threadId, seq) };
+}
+
+/** The newest message of a thread as a position; undefined when the thread has none. */
+export function latestPosition(thread: {
+  readonly threadId: string;
+  readonly messageSeq: number;
+  readonly lastMessageId?: string | null;
+  readonly lastMessageAt?: Date | null;
+}): MessagePosition | undefined {
+  return thread.lastMessageId && thread.lastMessageAt
+    ? position(thread.threadId, thread.messageSeq, thread.lastMessageId, thread.lastMessageAt)
+    : undefined;
 }

@@ -10,7 +10,7 @@ import { memberPermissions } from '../thread/thread.policy.js';
 import { type ThreadAccess, ThreadRepository } from '../thread/thread.repository.js';
 import { checkUuid, pageSize } from '../validation.js';
 import { decodeCursor, isSeq } from './message.cursor.js';
-import { type MessagePosition, position } from './message.entity.js';
+import { latestPosition, type MessagePosition } from './message.entity.js';
 import { IdempotencyKeyReused, MessageNotFound } from './message.errors.js';
 import { checkSend, type MessageLimits, type SendInput } from './message.policy.js';
 import { type MessageRecord, MessageRepository, type NewMessage } from './message.repository.js';
@@ -120,7 +120,7 @@ export class MessageService {
     );
     if (!read || !memberPermissions(actor, read.access.member).see) throw new ThreadNotFound(threadId);
     const { access, rows } = read;
-    const latest = latestPosition(threadId, access);
+    const latest = latestPosition({ threadId, ...access });
     // Read after the page; never before the newest send time it reports (another replica's clock).
     const now = this.clock.now();
     const asOf = latest && latest.sentAt > now ? latest.sentAt : now;
@@ -132,13 +132,6 @@ export class MessageService {
       more && edge ? encodePageToken('messages', { t: threadId, d: forward ? 'f' : 'b', s: edge.seq, c: cursor }) : '';
     return { messages, nextPageToken, latest, asOf };
   }
-}
-
-/** The newest message of a thread as a position; undefined when it has none. */
-export function latestPosition(threadId: string, access: ThreadAccess): MessagePosition | undefined {
-  return access.lastMessageId && access.lastMessageAt
-    ? position(threadId, access.messageSeq, access.lastMessageId, access.lastMessageAt)
-    : undefined;
 }
 
 /** Only participants post; a caller who can see the thread but not post is told so, others see nothing. */
