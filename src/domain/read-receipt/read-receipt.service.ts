@@ -4,7 +4,7 @@ import { type Db, withinDeadline } from '../db.js';
 import { InvalidArgument, Violations } from '../errors.js';
 import { decodeCursor, isSeq } from '../message/message.cursor.js';
 import { MessageNotFound } from '../message/message.errors.js';
-import { MessageRepository } from '../message/message.repository.js';
+import { type MessageRecord, MessageRepository } from '../message/message.repository.js';
 import { decodePageToken, encodePageToken } from '../page-token.js';
 import { ThreadNotFound, ThreadPermissionDenied } from '../thread/thread.errors.js';
 import { memberPermissions } from '../thread/thread.policy.js';
@@ -86,12 +86,13 @@ export class ReadReceiptService {
     if (!access || !can?.see) throw new ThreadNotFound(threadId);
     if (!can.post) throw new ThreadPermissionDenied(threadId, 'mark messages read in');
 
-    let upTo = Math.min(cursorSeq ?? access.messageSeq, access.messageSeq);
+    const messages = new MessageRepository(db.em);
+    let upToMessage: MessageRecord | undefined;
     if (upToId !== '') {
-      const m = await new MessageRepository(db.em).findById(actor.tenantId, upToId);
-      if (!m || m.threadId !== threadId) throw new MessageNotFound(upToId);
-      upTo = m.seq;
+      upToMessage = await messages.findById(actor.tenantId, upToId);
+      if (!upToMessage || upToMessage.threadId !== threadId) throw new MessageNotFound(upToId);
     }
+    const upTo = upToMessage?.seq ?? Math.min(cursorSeq ?? access.messageSeq, access.messageSeq);
     const repo = new ReadReceiptRepository(db.em);
     let changed = 0;
     if (upTo > 0) {
@@ -99,7 +100,7 @@ export class ReadReceiptService {
       const requested = clampToNow(input.readAt, now);
       const range = await repo.unreadRange(actor.tenantId, threadId, actor.userId, upTo);
       const targets = range.map((m) => ({ ...m, threadId, readAt: laterOf(requested, m.sentAt) }));
-      const last = (await new MessageRepository(db.em).atSeq(actor.tenantId, threadId, upTo))!;
+      const last = upToMessage ?? (await messages.atSeq(actor.tenantId, threadId, upTo))!;
       const mark = { threadId, seq: upTo, messageId: last.messageId, sentAt: last.sentAt, completeSeq: upTo };
       ({ changed } = await withinDeadline(db, (em) =>
         new ReadReceiptRepository(em).mark(actor.tenantId, actor.userId, targets, [mark], now),
