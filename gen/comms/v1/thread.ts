@@ -2478,7 +2478,11 @@ export const ThreadServiceService = {
     responseSerialize: (value: GetThreadResponse): Buffer => Buffer.from(GetThreadResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): GetThreadResponse => GetThreadResponse.decode(value),
   },
-  /** Lists the threads the caller takes part in, most recent activity first (AIP-158 pagination). */
+  /**
+   * Lists the threads the caller takes part in, most recent activity first (AIP-158 pagination). Activity
+   * moves threads while a client pages: a thread that gains activity after its page was read moves ahead
+   * of the cursor and shows up on the next fresh listing (or in the inbox feed), not on a later page.
+   */
   listThreads: {
     path: "/comms.v1.ThreadService/ListThreads" as const,
     requestStream: false as const,
@@ -2580,7 +2584,11 @@ export interface ThreadServiceServer extends UntypedServiceImplementation {
   createThread: handleUnaryCall<CreateThreadRequest, CreateThreadResponse>;
   /** Returns one thread with the caller's unread count and read watermark. */
   getThread: handleUnaryCall<GetThreadRequest, GetThreadResponse>;
-  /** Lists the threads the caller takes part in, most recent activity first (AIP-158 pagination). */
+  /**
+   * Lists the threads the caller takes part in, most recent activity first (AIP-158 pagination). Activity
+   * moves threads while a client pages: a thread that gains activity after its page was read moves ahead
+   * of the cursor and shows up on the next fresh listing (or in the inbox feed), not on a later page.
+   */
   listThreads: handleUnaryCall<ListThreadsRequest, ListThreadsResponse>;
   /**
    * Adds a participant to a thread. Allowed for staff and service, and for providers who take part in
@@ -2654,7 +2662,11 @@ export interface ThreadServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: GetThreadResponse) => void,
   ): ClientUnaryCall;
-  /** Lists the threads the caller takes part in, most recent activity first (AIP-158 pagination). */
+  /**
+   * Lists the threads the caller takes part in, most recent activity first (AIP-158 pagination). Activity
+   * moves threads while a client pages: a thread that gains activity after its page was read moves ahead
+   * of the cursor and shows up on the next fresh listing (or in the inbox feed), not on a later page.
+   */
   listThreads(
     request: ListThreadsRequest,
     callback: (error: ServiceError | null, response: ListThreadsResponse) => void,
