@@ -1,9 +1,9 @@
 import { status } from '@grpc/grpc-js';
 import { expect } from 'chai';
-import { EscalationLevel, ParticipantRole } from '../../gen/comms/v1/thread.js';
+import { EscalationLevel } from '../../gen/comms/v1/thread.js';
 import { call, callError, messageClient, newTenant, newUser, threadClient } from '../support/clients.js';
 import { env } from '../support/hooks.js';
-import { createThread, holdThreadLock, participant } from '../support/threads.js';
+import { type holdThreadLock, threadWithHeldLock } from '../support/threads.js';
 import { waitFor } from '../support/wait.js';
 
 describe('deadlines', () => {
@@ -20,10 +20,9 @@ describe('deadlines', () => {
     let lock: Awaited<ReturnType<typeof holdThreadLock>> | undefined;
     try {
       const staff = await newUser(newTenant(), 'staff');
-      const thread = await createThread(client, staff, {
-        participants: [participant('p1', ParticipantRole.PARTICIPANT_ROLE_PATIENT)],
-      });
-      lock = await holdThreadLock(staff.tenantId, thread.threadId);
+      const held = await threadWithHeldLock(client, staff);
+      const { thread } = held;
+      lock = held.lock;
       const err = await callError(
         call(
           client,
@@ -61,10 +60,9 @@ describe('deadlines', () => {
     let lock: Awaited<ReturnType<typeof holdThreadLock>> | undefined;
     try {
       const provider = await newUser(newTenant(), 'provider');
-      const thread = await createThread(threads, provider, {
-        participants: [participant('p1', ParticipantRole.PARTICIPANT_ROLE_PATIENT)],
-      });
-      lock = await holdThreadLock(provider.tenantId, thread.threadId);
+      const held = await threadWithHeldLock(threads, provider);
+      const { thread } = held;
+      lock = held.lock;
       const send = { threadId: thread.threadId, clientMutationId: 'late-1', body: 'too late', clientSentAt: undefined };
       const err = await callError(
         call(messages, messages.sendMessage, send, provider.md, { deadline: new Date(Date.now() + 400) }),

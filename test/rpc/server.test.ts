@@ -7,7 +7,7 @@ import {
   type ServiceClientConstructor,
 } from '@grpc/grpc-js';
 import { GrpcReflection } from 'grpc-js-reflection-client';
-import { SignJWT, UnsecuredJWT } from 'jose';
+import { type JWTPayload, SignJWT, UnsecuredJWT } from 'jose';
 import { expect } from 'chai';
 import { ThreadServiceClient } from '../../gen/comms/v1/thread.js';
 import { NotificationServiceClient } from '../../gen/comms/v1/notification.js';
@@ -92,6 +92,15 @@ describe('server: authentication', () => {
   before(() => (client = threadClient()));
   after(() => client.close());
   const list = (md: Metadata) => call(client, client.listThreads, { pageSize: 0, pageToken: '', state: 0 }, md);
+  /** A correctly signed, unexpired token for subject `someone` carrying exactly `payload` besides. */
+  const signedWith = (payload: JWTPayload) =>
+    new SignJWT(payload)
+      .setProtectedHeader({ alg: 'HS256' })
+      .setSubject('someone')
+      .setIssuer(env.config.jwt.issuer)
+      .setAudience(env.config.jwt.audience)
+      .setExpirationTime('1h')
+      .sign(new TextEncoder().encode(env.config.jwt.secret!));
   const claims = (tenant: string) => ({
     sub: 'someone',
     tenant,
@@ -154,25 +163,13 @@ describe('server: authentication', () => {
   });
 
   it('refuses a token without tenant', async () => {
-    const token = await new SignJWT({ roles: ['provider'] })
-      .setProtectedHeader({ alg: 'HS256' })
-      .setSubject('someone')
-      .setIssuer(env.config.jwt.issuer)
-      .setAudience(env.config.jwt.audience)
-      .setExpirationTime('1h')
-      .sign(new TextEncoder().encode(env.config.jwt.secret!));
+    const token = await signedWith({ roles: ['provider'] });
     const { err } = await expectError(list(bearer(token)), status.UNAUTHENTICATED, 'UNAUTHENTICATED');
     expect(err.details).to.match(/tenant/);
   });
 
   it('refuses a token whose roles are all unknown (no escalation by inventing a role)', async () => {
-    const token = await new SignJWT({ tenant: newTenant(), roles: ['admin', 'root'] })
-      .setProtectedHeader({ alg: 'HS256' })
-      .setSubject('someone')
-      .setIssuer(env.config.jwt.issuer)
-      .setAudience(env.config.jwt.audience)
-      .setExpirationTime('1h')
-      .sign(new TextEncoder().encode(env.config.jwt.secret!));
+    const token = await signedWith({ tenant: newTenant(), roles: ['admin', 'root'] });
     await expectError(list(bearer(token)), status.PERMISSION_DENIED, 'NO_ROLE');
   });
 });

@@ -1,8 +1,8 @@
 import { status } from '@grpc/grpc-js';
 import { expect } from 'chai';
 import { waitFor } from '../support/wait.js';
-import { EscalationLevel, ParticipantRole } from '../../gen/comms/v1/thread.js';
-import { createThread, holdThreadLock, participant } from '../support/threads.js';
+import { EscalationLevel } from '../../gen/comms/v1/thread.js';
+import { type holdThreadLock, threadWithHeldLock } from '../support/threads.js';
 import { call, callError, newTenant, newUser, threadClient } from '../support/clients.js';
 import { startTestApp } from '../support/hooks.js';
 import { checkHealth, healthClient } from '../support/health.js';
@@ -17,11 +17,10 @@ describe('server: graceful shutdown', () => {
     let lock: Awaited<ReturnType<typeof holdThreadLock>> | undefined;
     try {
       const staff = await newUser(newTenant(), 'staff');
-      const thread = await createThread(client, staff, {
-        participants: [participant('p1', ParticipantRole.PARTICIPANT_ROLE_PATIENT)],
-      });
       // Hold the thread's row lock so the escalation below stays in flight until we let go.
-      lock = await holdThreadLock(staff.tenantId, thread.threadId);
+      const held = await threadWithHeldLock(client, staff);
+      const { thread } = held;
+      lock = held.lock;
       const inFlight = call(
         client,
         client.escalateThread,

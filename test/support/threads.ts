@@ -260,3 +260,14 @@ export async function holdThreadLock(tenantId: string, threadId: string) {
     },
   };
 }
+
+/**
+ * A thread created by `creator` with one patient, whose row lock another connection now holds: a
+ * mutation or send of it stays in flight until `lock.release()`.
+ */
+export async function threadWithHeldLock(client: ThreadServiceClient, creator: TestUser) {
+  const thread = await createThread(client, creator, {
+    participants: [participant('p1', ParticipantRole.PARTICIPANT_ROLE_PATIENT)],
+  });
+  return { thread, lock: await holdThreadLock(creator.tenantId, thread.threadId) };
+}
