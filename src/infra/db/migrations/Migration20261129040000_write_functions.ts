@@ -1,20 +1,7 @@
 import { Migration } from '@mikro-orm/migrations';
 
-/**
- * The two hot writes as PL/pgSQL functions. MikroORM sends every statement unprepared, so a large
- * statement is parsed and planned on each call, which cost more than the writes themselves; inside a
- * function PostgreSQL caches the plans per connection. The functions are the aggregates' append
- * primitives: they decide nothing the TypeScript policies do not also check, they only make sure the
- * invariants hold in the database (participants only, active threads only, one message per key, order
- * equals commit order, last-write-wins receipts, forward-only watermarks).
- */
-export class Migration20261129040000_write_functions extends Migration {
-  override name = 'Migration20261129040000_write_functions';
-
-  override up(): void {
-    // Receipts are rewritten in place on every later mark: leave room on each page for HOT updates.
-    this.addSql('alter table read_receipt set (fillfactor = 80)');
-    this.addSql(`
+/** `comms_send_message` as this migration creates it; a later migration that replaces it restores this. */
+export const SEND_MESSAGE_SQL = `
       create function comms_send_message(
         p_tenant text, p_thread uuid, p_user text, p_key text, p_body text, p_sha bytea,
         p_client_sent_at timestamptz, p_candidate uuid, p_now timestamptz) returns json
@@ -64,8 +51,10 @@ export class Migration20261129040000_write_functions extends Migration {
          where tenant_id = p_tenant and thread_id = p_thread;
         return json_build_object('inserted', row_to_json(m),
                                  'thread', json_build_object('state', t.state, 'member', t.member));
-      end $$`);
-    this.addSql(`
+      end $$`;
+
+/** `comms_mark` as this migration creates it. */
+export const MARK_SQL = `
       create function comms_mark(
         p_tenant text, p_user text,
         p_ids uuid[], p_threads uuid[], p_seqs integer[], p_read_ats timestamptz[],
@@ -106,7 +95,24 @@ export class Migration20261129040000_write_functions extends Migration {
           from input i
           left join upserted u on u.message_id = i.message_id
           left join read_receipt r on r.tenant_id = p_tenant and r.message_id = i.message_id and r.user_id = p_user;
-      end $$`);
+      end $$`;
+
+/**
+ * The two hot writes as PL/pgSQL functions. MikroORM sends every statement unprepared, so a large
+ * statement is parsed and planned on each call, which cost more than the writes themselves; inside a
+ * function PostgreSQL caches the plans per connection. The functions are the aggregates' append
+ * primitives: they decide nothing the TypeScript policies do not also check, they only make sure the
+ * invariants hold in the database (participants only, active threads only, one message per key, order
+ * equals commit order, last-write-wins receipts, forward-only watermarks).
+ */
+export class Migration20261129040000_write_functions extends Migration {
+  override name = 'Migration20261129040000_write_functions';
+
+  override up(): void {
+    // Receipts are rewritten in place on every later mark: leave room on each page for HOT updates.
+    this.addSql('alter table read_receipt set (fillfactor = 80)');
+    this.addSql(SEND_MESSAGE_SQL);
+    this.addSql(MARK_SQL);
     this.addSql(`
       create function comms_mark_read(p_tenant text, p_user text, p_ids uuid[], p_read_at timestamptz,
                                       p_now timestamptz) returns json

@@ -5,6 +5,7 @@ import { Migration20261129020000_receipt_floor } from './Migration20261129020000
 import { Migration20261129030000_one_statement_writes } from './Migration20261129030000_one_statement_writes.js';
 import { Migration20261129040000_write_functions } from './Migration20261129040000_write_functions.js';
 import { Migration20261129050000_thread_fillfactor } from './Migration20261129050000_thread_fillfactor.js';
+import { Migration20261129060000_feed } from './Migration20261129060000_feed.js';
 
 /** Every migration, in order. Committed; applied at start by `migrate()`, never `schema:update`. */
 export const migrationsList: MigrationObject[] = [
@@ -14,4 +15,5 @@ export const migrationsList: MigrationObject[] = [
   { name: 'Migration20261129030000_one_statement_writes', class: Migration20261129030000_one_statement_writes },
   { name: 'Migration20261129040000_write_functions', class: Migration20261129040000_write_functions },
   { name: 'Migration20261129050000_thread_fillfactor', class: Migration20261129050000_thread_fillfactor },
+  { name: 'Migration20261129060000_feed', class: Migration20261129060000_feed },
 ];
