@@ -8,6 +8,9 @@ import { Authenticator } from './infra/auth/authenticator.js';
 import type { Config } from './infra/config/config.js';
 import { type EmbeddedDatabase, startEmbeddedPostgres } from './infra/db/embedded.js';
 import { openDatabase } from './infra/db/orm.js';
+import { FeedRepository } from './domain/feed/feed.repository.js';
+import { FeedHub } from './feeds/hub.js';
+import { FeedListener } from './feeds/listener.js';
 import { createLogger, type Logger } from './infra/log/logger.js';
 import { RpcAdapter } from './rpc/adapter.js';
 import { addReflection, addServices, bind, createHealth, Server, serverOptions, setServing } from './rpc/server.js';
@@ -19,10 +22,14 @@ export interface App {
   readonly health: HealthImplementation;
   readonly orm: MikroORM;
   readonly log: Logger;
+  /** This replica's live-feed fan-out (streams and subscribers open here). */
+  readonly feeds: FeedHub;
   /**
    * Graceful shutdown: health NOT_SERVING, keep serving for `shutdownDrainDelayMs` so load balancers
-   * and clients watching health move away, stop accepting calls, let in-flight calls finish (up to
-   * `shutdownGraceMs`, then cancel what is left), close the pool, stop the embedded database.
+   * and clients watching health move away, end live feeds with UNAVAILABLE (after the last event each
+   * client was sent; they resume elsewhere with their token), stop accepting calls, let in-flight calls
+   * finish (up to `shutdownGraceMs`, then cancel what is left), close the pool, stop the embedded
+   * database.
    */
   shutdown(): Promise<void>;
 }
@@ -43,6 +50,14 @@ export async function startApp(config: Config, opts: { clock?: Clock; log?: Logg
     url = embedded.url;
   }
   const orm = await openDatabase(url, config.dbPoolMax, config.dbStatementTimeoutMs);
+  const feeds = new FeedHub(orm, log, { cacheEvents: config.feed.cacheEvents, pageSize: 200 });
+  const listener = new FeedListener(
+    url,
+    log,
+    (tenantId, stream) => feeds.wake(tenantId, stream),
+    () => feeds.wakeAll(),
+  );
+  await listener.start();
   const health = createHealth();
   const server = new Server(serverOptions(config.grpc));
   const adapter = new RpcAdapter({
@@ -50,12 +65,15 @@ export async function startApp(config: Config, opts: { clock?: Clock; log?: Logg
     statementTimeoutMs: config.dbStatementTimeoutMs,
     auth: new Authenticator(config.jwt),
     log,
+    streamStallMs: config.feed.stallMs,
   });
   const clock = opts.clock ?? systemClock;
   addServices(server, adapter, {
     threads: new ThreadService(clock),
     messages: new MessageService(clock, { bodyMaxBytes: config.limits.messageMaxBytes }),
     receipts: new ReadReceiptService(clock, { maxIdsPerCall: config.limits.markReadMaxIds }),
+    feeds,
+    feedHeartbeatMs: config.feed.heartbeatMs,
   });
   health.addToServer(server);
   addReflection(server);
@@ -82,14 +100,32 @@ export async function startApp(config: Config, opts: { clock?: Clock; log?: Logg
   }, config.healthProbeMs);
   probe.unref();
 
+  // Feed retention: delete events past FEED_RETENTION_HOURS, in batches (any replica may run it).
+  let pruning = false;
+  const prune = setInterval(() => {
+    if (pruning || draining) return;
+    pruning = true;
+    void (async () => {
+      const before = new Date(clock.now().getTime() - config.feed.retentionHours * 3_600_000);
+      const repo = new FeedRepository(orm.em.fork());
+      while ((await repo.prune(before, 5000)) === 5000 && !draining);
+    })()
+      .catch((err: unknown) => log.warn({ err: String(err) }, 'feed prune failed'))
+      .finally(() => (pruning = false));
+  }, config.feed.pruneIntervalMs);
+  prune.unref();
+
   let stopping: Promise<void> | undefined;
   const shutdown = () =>
     (stopping ??= (async () => {
       draining = true;
       clearInterval(probe);
+      clearInterval(prune);
       setServing(health, false);
       log.info({ drainDelayMs: config.shutdownDrainDelayMs, graceMs: config.shutdownGraceMs }, 'shutting down');
       await new Promise((resolve) => setTimeout(resolve, config.shutdownDrainDelayMs));
+      // Streams never finish by themselves: end them so tryShutdown can complete.
+      feeds.close();
       await new Promise<void>((resolve) => {
         const force = setTimeout(() => {
           log.warn('grace period over; cancelling remaining calls');
@@ -101,11 +137,12 @@ export async function startApp(config: Config, opts: { clock?: Clock; log?: Logg
           resolve();
         });
       });
+      await listener.stop();
       await orm.close(true);
       await embedded?.stop();
       log.info('stopped');
     })());
 
   log.info({ port, embedded: embedded !== undefined }, 'serving');
-  return { port, health, orm, log, shutdown };
+  return { port, health, orm, log, feeds, shutdown };
 }

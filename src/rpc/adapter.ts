@@ -1,8 +1,16 @@
 import { randomUUID } from 'node:crypto';
-import { type Metadata, type sendUnaryData, type ServerUnaryCall, status, type UntypedHandleCall } from '@grpc/grpc-js';
+import {
+  type Metadata,
+  type sendUnaryData,
+  type ServerUnaryCall,
+  type ServerWritableStream,
+  status,
+  type UntypedHandleCall,
+} from '@grpc/grpc-js';
 import type { EntityManager, MikroORM } from '@mikro-orm/postgresql';
 import type { Actor } from '../domain/actor.js';
 import { DeadlineExceeded } from '../domain/errors.js';
+import { SlowConsumer } from '../domain/feed/feed.errors.js';
 import type { Authenticator } from '../infra/auth/authenticator.js';
 import type { Logger } from '../infra/log/logger.js';
 import { errorStatus, toStatus } from './errors.js';
@@ -21,16 +29,26 @@ export interface CallContext {
   readonly signal: AbortSignal;
   /** The client's `x-request-id`, or a generated one; logged with the call. */
   readonly requestId: string;
+  /** When the caller's token expires (a stream must end then). */
+  readonly expiresAt: Date;
 }
 
 /** A unary handler: decode → domain → encode, nothing else. */
 export type UnaryHandler<Req, Res> = (req: Req, ctx: CallContext) => Promise<Res>;
+
+/** A server-streaming handler: an async generator of responses; it stops when `ctx.signal` aborts. */
+export type StreamHandler<Req, Res> = (req: Req, ctx: CallContext) => AsyncIterable<Res>;
 
 export interface AdapterDeps {
   readonly orm: MikroORM;
   readonly statementTimeoutMs: number;
   readonly auth: Authenticator;
   readonly log: Logger;
+  /**
+   * How long a stream may wait for its client to accept data (grpc-js `write()` returned false and no
+   * `drain` came) before it is ended with RESOURCE_EXHAUSTED.
+   */
+  readonly streamStallMs: number;
 }
 
 /**
@@ -68,6 +86,58 @@ export class RpcAdapter {
     };
   }
 
+  /**
+   * Turns an async-generator handler into a grpc-js server-streaming callback. Each response is written
+   * only after the previous one was accepted: when `write()` returns false the loop waits for `drain`, so
+   * a slow client holds at most grpc-js's buffer (16 messages) in memory, and if no drain comes within
+   * `streamStallMs` the stream ends with RESOURCE_EXHAUSTED. Every error status of a stream carries, in
+   * ErrorInfo metadata `resume_token`, the token of the last response written (from `resumeTokenOf`),
+   * which the client receives before the status. Client cancel or deadline aborts `ctx.signal`, and the
+   * generator is closed (its `finally` runs) in every case.
+   */
+  serverStream<Req, Res>(
+    method: string,
+    handler: StreamHandler<Req, Res>,
+    resumeTokenOf: (res: Res) => string,
+  ): UntypedHandleCall {
+    return (call: ServerWritableStream<Req, Res>) => {
+      const started = process.hrtime.bigint();
+      const requestId = requestIdOf(call.metadata);
+      const controller = new AbortController();
+      call.on('cancelled', () => controller.abort());
+      let lastToken = '';
+      let sent = 0;
+      const run = async () => {
+        const ctx = await this.#context(call, controller.signal, requestId);
+        for await (const res of handler(call.request, ctx)) {
+          if (controller.signal.aborted) return;
+          const accepted = call.write(res);
+          lastToken = resumeTokenOf(res) || lastToken;
+          sent++;
+          if (!accepted) await drained(call, controller.signal, this.deps.streamStallMs);
+        }
+      };
+      run().then(
+        () => {
+          this.#logStream(method, requestId, started, sent, controller.signal.aborted ? 'CANCELLED' : 'OK');
+          if (!controller.signal.aborted) call.end();
+        },
+        (err: unknown) => {
+          const { status: st, internal } = toStatus(err, lastToken ? { resume_token: lastToken } : {});
+          this.#logStream(method, requestId, started, sent, status[st.code], internal ? err : undefined);
+          if (!controller.signal.aborted) call.emit('error', st);
+        },
+      );
+    };
+  }
+
+  #logStream(method: string, requestId: string, started: bigint, sent: number, code: string, err?: unknown): void {
+    const ms = Number(process.hrtime.bigint() - started) / 1e6;
+    const entry = { method, code, ms: Math.round(ms), sent, requestId };
+    if (err) this.deps.log.error({ ...entry, err }, 'stream failed');
+    else this.deps.log.debug(entry, 'stream ended');
+  }
+
   /** A handler for an RPC whose aggregate is built in a later issue. */
   unimplemented(method: string, issue: number): UntypedHandleCall {
     return (_call: ServerUnaryCall<unknown, unknown>, callback: sendUnaryData<unknown>) => {
@@ -86,21 +156,30 @@ export class RpcAdapter {
     signal: AbortSignal,
     requestId: string,
   ): Promise<Res> {
+    return handler(call.request, await this.#context(call, signal, requestId));
+  }
+
+  /** Authenticates the call and builds its context. */
+  async #context(
+    call: Pick<ServerUnaryCall<unknown, unknown>, 'metadata' | 'getDeadline'>,
+    signal: AbortSignal,
+    requestId: string,
+  ): Promise<CallContext> {
     const raw = call.getDeadline();
     const deadline = raw instanceof Date ? raw : Number.isFinite(raw) ? new Date(raw) : undefined;
     if (deadline && deadline.getTime() <= Date.now()) {
       throw new DeadlineExceeded();
     }
-    const { actor } = await this.deps.auth.authenticate(authorizationOf(call.metadata));
-    const em = this.deps.orm.em.fork() as EntityManager;
-    return handler(call.request, {
+    const { actor, expiresAt } = await this.deps.auth.authenticate(authorizationOf(call.metadata));
+    return {
       actor,
-      em,
+      em: this.deps.orm.em.fork() as EntityManager,
       deadline,
       statementTimeoutMs: this.deps.statementTimeoutMs,
       signal,
       requestId,
-    });
+      expiresAt,
+    };
   }
 }
 
@@ -112,4 +191,21 @@ function authorizationOf(md: Metadata): string | undefined {
 function requestIdOf(md: Metadata): string {
   const value = md.get('x-request-id')[0];
   return typeof value === 'string' && /^[\w.:-]{1,128}$/.test(value) ? value : randomUUID();
+}
+
+/** Resolves on `drain`; returns early when the call is cancelled; throws SlowConsumer after `stallMs`. */
+function drained(call: ServerWritableStream<unknown, unknown>, signal: AbortSignal, stallMs: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const done = (err?: Error) => {
+      clearTimeout(timer);
+      call.off('drain', onDrain);
+      signal.removeEventListener('abort', onDrain);
+      if (err) reject(err);
+      else resolve();
+    };
+    const onDrain = () => done();
+    const timer = setTimeout(() => done(new SlowConsumer(stallMs)), stallMs);
+    call.on('drain', onDrain);
+    signal.addEventListener('abort', onDrain);
+  });
 }

@@ -54,7 +54,10 @@ export function errorStatus(
  * Maps anything a handler threw to a gRPC status. Domain errors keep their reason and metadata; an
  * unknown error is logged by the caller and answered with INTERNAL and a fixed message, never its text.
  */
-export function toStatus(err: unknown): { status: ErrorStatus; internal: boolean } {
+export function toStatus(
+  err: unknown,
+  extraMetadata: Record<string, string> = {},
+): { status: ErrorStatus; internal: boolean } {
   if (err instanceof DomainError) {
     const extra =
       err instanceof InvalidArgument
@@ -73,31 +76,33 @@ export function toStatus(err: unknown): { status: ErrorStatus; internal: boolean
           ]
         : [];
     return {
-      status: errorStatus(CODES[err.kind], err.message, err.reason, { ...err.metadata }, extra),
+      status: errorStatus(CODES[err.kind], err.message, err.reason, { ...err.metadata, ...extraMetadata }, extra),
       internal: false,
     };
   }
   if (isDatabaseUnavailable(err)) {
     const retry = any('google.rpc.RetryInfo', RetryInfo.encode({ retryDelay: { seconds: '1', nanos: 0 } }).finish());
     return {
-      status: errorStatus(status.UNAVAILABLE, 'database unavailable; retry', 'DATABASE_UNAVAILABLE', {}, [retry]),
+      status: errorStatus(status.UNAVAILABLE, 'database unavailable; retry', 'DATABASE_UNAVAILABLE', extraMetadata, [
+        retry,
+      ]),
       internal: false,
     };
   }
   if (sqlState(err) === '57014') {
     // statement_timeout set from the caller's deadline (src/domain/db.ts): the transaction rolled back.
     return {
-      status: errorStatus(status.DEADLINE_EXCEEDED, 'deadline exceeded', 'DEADLINE_EXCEEDED', {}),
+      status: errorStatus(status.DEADLINE_EXCEEDED, 'deadline exceeded', 'DEADLINE_EXCEEDED', extraMetadata),
       internal: false,
     };
   }
   if (err instanceof DeadlockException || err instanceof LockWaitTimeoutException) {
     return {
-      status: errorStatus(status.ABORTED, 'concurrent update; retry', 'CONCURRENT_UPDATE', {}),
+      status: errorStatus(status.ABORTED, 'concurrent update; retry', 'CONCURRENT_UPDATE', extraMetadata),
       internal: false,
     };
   }
-  return { status: errorStatus(status.INTERNAL, 'internal error', 'INTERNAL', {}), internal: true };
+  return { status: errorStatus(status.INTERNAL, 'internal error', 'INTERNAL', extraMetadata), internal: true };
 }
 
 /** PostgreSQL SQLSTATEs and socket errors that mean "the database is not reachable right now". */

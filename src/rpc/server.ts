@@ -20,7 +20,9 @@ import type { MessageService } from '../domain/message/message.service.js';
 import type { ReadReceiptService } from '../domain/read-receipt/read-receipt.service.js';
 import type { ThreadService } from '../domain/thread/thread.service.js';
 import type { Config } from '../infra/config/config.js';
-import type { RpcAdapter, UnaryHandler } from './adapter.js';
+import type { FeedHub } from '../feeds/hub.js';
+import type { RpcAdapter, StreamHandler, UnaryHandler } from './adapter.js';
+import { feedHandlers } from './feed.handlers.js';
 import { messageHandlers, readReceiptHandlers } from './message.handlers.js';
 import { threadHandlers } from './thread.handlers.js';
 
@@ -32,7 +34,7 @@ const SERVICES = [
   { name: 'comms.v1.ThreadService', definition: ThreadServiceService, issue: undefined },
   { name: 'comms.v1.MessageService', definition: MessageServiceService, issue: undefined },
   { name: 'comms.v1.ReadReceiptService', definition: ReadReceiptServiceService, issue: undefined },
-  { name: 'comms.v1.FeedService', definition: FeedServiceService, issue: 5 },
+  { name: 'comms.v1.FeedService', definition: FeedServiceService, issue: undefined },
   { name: 'comms.v1.NotificationService', definition: NotificationServiceService, issue: 6 },
   { name: 'comms.v1.VirtualSessionService', definition: VirtualSessionServiceService, issue: 7 },
 ] as const;
@@ -57,28 +59,36 @@ export function serverOptions(grpc: Config['grpc']): ChannelOptions {
   };
 }
 
-/** The use cases the handlers call. */
+/** The use cases the handlers call, and the live feeds. */
 export interface Domain {
   readonly threads: ThreadService;
   readonly messages: MessageService;
   readonly receipts: ReadReceiptService;
+  readonly feeds: FeedHub;
+  readonly feedHeartbeatMs: number;
 }
 
 /** Adds every comms.v1 service to `server`; services of later issues answer UNIMPLEMENTED. */
 export function addServices(server: Server, adapter: RpcAdapter, domain: Domain): void {
-  const implemented: Record<string, Record<string, UnaryHandler<never, unknown>>> = {
+  const implemented: Record<string, Record<string, UnaryHandler<never, unknown> | StreamHandler<never, unknown>>> = {
     'comms.v1.ThreadService': threadHandlers(domain.threads),
     'comms.v1.MessageService': messageHandlers(domain.messages),
     'comms.v1.ReadReceiptService': readReceiptHandlers(domain.receipts),
-  } as Record<string, Record<string, UnaryHandler<never, unknown>>>;
+    'comms.v1.FeedService': feedHandlers(domain.feeds, domain.threads, { heartbeatMs: domain.feedHeartbeatMs }),
+  } as Record<string, Record<string, UnaryHandler<never, unknown> | StreamHandler<never, unknown>>>;
   for (const { name, definition, issue } of SERVICES) {
     const impl: UntypedServiceImplementation = {};
     for (const [method, def] of Object.entries(definition as ServiceDefinition)) {
       const handler = implemented[name]?.[method];
-      impl[method] =
-        handler && issue === undefined
-          ? adapter.unary(def.path, handler as UnaryHandler<unknown, unknown>)
-          : adapter.unimplemented(def.path, issue ?? 0);
+      if (!handler || issue !== undefined) impl[method] = adapter.unimplemented(def.path, issue ?? 0);
+      else if (def.responseStream) {
+        // Every streaming response of comms.v1 carries a resume_token.
+        impl[method] = adapter.serverStream(
+          def.path,
+          handler as StreamHandler<unknown, { resumeToken: string }>,
+          (res) => res.resumeToken,
+        );
+      } else impl[method] = adapter.unary(def.path, handler as UnaryHandler<unknown, unknown>);
     }
     server.addService(definition as ServiceDefinition, impl);
   }

@@ -85,6 +85,17 @@ export class MessageRepository {
     return (await this.em.findOne(Message, { tenantId, messageId })) ?? undefined;
   }
 
+  /** The messages with these ids (any order; missing ids are left out). */
+  async findByIds(tenantId: string, messageIds: readonly string[]): Promise<MessageRecord[]> {
+    if (messageIds.length === 0) return [];
+    const rows: Record<string, unknown>[] = await this.em.execute(
+      `select ${COLUMNS} from message
+        where tenant_id = ? and message_id in (select value::uuid from jsonb_array_elements_text(?::jsonb))`,
+      [tenantId, JSON.stringify(messageIds)],
+    );
+    return rows.map(toRecord);
+  }
+
   /** Message `seq` of a thread. */
   async atSeq(tenantId: string, threadId: string, seq: number): Promise<MessageRecord | undefined> {
     return (await this.em.findOne(Message, { tenantId, threadId, seq })) ?? undefined;

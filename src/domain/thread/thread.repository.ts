@@ -1,6 +1,7 @@
 import { LockMode, UniqueConstraintViolationException } from '@mikro-orm/core';
 import type { EntityManager } from '@mikro-orm/postgresql';
 import { sqlDateOrNull } from '../db.js';
+import { FeedRepository, type NewFeedEvent } from '../feed/feed.repository.js';
 import type { ThreadState } from './thread.entity.js';
 import { Thread, ThreadParticipant, type ThreadView } from './thread.entity.js';
 
@@ -87,15 +88,17 @@ export class ThreadRepository {
   }
 
   /**
-   * Inserts a new thread with its participants in one transaction. Returns false when the create
-   * request id is already taken (the unique index decides, also across replicas).
+   * Inserts a new thread with its participants and appends `events` to the feeds, in one transaction.
+   * Returns false when the create request id is already taken (the unique index decides, also across
+   * replicas).
    */
-  async insert(thread: Thread, participants: readonly ThreadParticipant[]): Promise<boolean> {
+  async insert(thread: Thread, participants: readonly ThreadParticipant[], events: NewFeedEvent[]): Promise<boolean> {
     try {
       await this.em.transactional(async (em) => {
         // No ORM relation links the two, so order the inserts for the foreign key ourselves.
         await em.persist(thread).flush();
-        em.persist(participants);
+        await em.persist(participants).flush();
+        await new FeedRepository(em).append(thread.tenantId, events, thread.createdAt);
       });
       return true;
     } catch (err) {
@@ -135,18 +138,22 @@ export class ThreadRepository {
       params,
     );
     const ids = rows.slice(0, limit).map((r) => r.thread_id);
-    if (ids.length === 0) return { views: [], more: false };
-    const threads = await this.em.find(Thread, { tenantId, threadId: { $in: ids } });
+    return { views: await this.loadMany(tenantId, ids), more: rows.length > limit };
+  }
+
+  /** Threads with their participants, in the order of `ids`; ids without a thread are left out. */
+  async loadMany(tenantId: string, ids: readonly string[]): Promise<ThreadView[]> {
+    if (ids.length === 0) return [];
+    const threads = await this.em.find(Thread, { tenantId, threadId: { $in: [...ids] } });
     const participants = await this.em.find(
       ThreadParticipant,
-      { tenantId, threadId: { $in: ids } },
+      { tenantId, threadId: { $in: [...ids] } },
       { orderBy: { addedAt: 'asc', userId: 'asc' } },
     );
     const byId = new Map(threads.map((t) => [t.threadId, t]));
-    const views = ids.flatMap((id) => {
+    return ids.flatMap((id) => {
       const thread = byId.get(id);
       return thread ? [{ thread, participants: participants.filter((p) => p.threadId === id) }] : [];
     });
-    return { views, more: rows.length > limit };
   }
 }

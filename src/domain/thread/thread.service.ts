@@ -33,6 +33,7 @@ import {
 } from './thread.policy.js';
 import { ThreadRepository } from './thread.repository.js';
 import { ReadReceiptRepository } from '../read-receipt/read-receipt.repository.js';
+import { FeedRepository, streams, threadChangeEvents } from '../feed/feed.repository.js';
 
 export interface CreateThreadInput {
   readonly subject: string;
@@ -114,7 +115,12 @@ export class ThreadService {
         { persist: false },
       ),
     );
-    if (await repo.insert(thread, participants)) {
+    const events = participants.map((p) => ({
+      stream: streams.inbox(p.userId),
+      kind: 'thread_updated' as const,
+      aggregate_id: thread.threadId,
+    }));
+    if (await repo.insert(thread, participants, events)) {
       // Read back so the participants come in the one order every read uses.
       return this.#withReadState(actor, em, (await repo.load(actor.tenantId, thread.threadId))!);
     }
@@ -135,6 +141,31 @@ export class ThreadService {
     const view = await new ThreadRepository(em).load(actor.tenantId, id);
     if (!view || !threadPermissions(actor, view.participants).see) throw new ThreadNotFound(id);
     return this.#withReadState(actor, em, view);
+  }
+
+  /**
+   * A thread as the caller sees it now, for a feed delivering a change to it, and whether the caller may
+   * still see it (a participant removed by the change may not). Undefined when the thread is gone.
+   */
+  async observe(
+    actor: Actor,
+    { em }: Db,
+    threadId: string,
+  ): Promise<{ view: ThreadView; visible: boolean } | undefined> {
+    const view = await new ThreadRepository(em).load(actor.tenantId, threadId);
+    if (!view) return undefined;
+    return {
+      view: await this.#withReadState(actor, em, view),
+      visible: threadPermissions(actor, view.participants).see,
+    };
+  }
+
+  /** The threads among `threadIds` the caller takes part in, as its inbox shows them (with read state). */
+  async inboxViews(actor: Actor, { em }: Db, threadIds: readonly string[]): Promise<Map<string, ThreadView>> {
+    const views = (await new ThreadRepository(em).loadMany(actor.tenantId, threadIds)).filter((v) =>
+      v.participants.some((p) => p.userId === actor.userId),
+    );
+    return new Map((await this.#withReadStates(actor, em, views)).map((v) => [v.thread.threadId, v]));
   }
 
   async list(actor: Actor, { em }: Db, input: ListThreadsInput): Promise<ThreadPage> {
@@ -275,9 +306,22 @@ export class ThreadService {
       }
       if (!allowed[permission]) throw new ThreadPermissionDenied(id, action);
       const now = this.clock.now();
+      const before = view.participants.map((p) => p.userId);
       if (change(view, tem, now)) {
         view.thread.updatedAt = now;
         view.thread.lastActivityAt = now;
+        await tem.flush();
+        // Last in the transaction: the feeds' head rows are locked until commit.
+        const after = view.participants.map((p) => p.userId);
+        await new FeedRepository(tem).append(
+          actor.tenantId,
+          threadChangeEvents(
+            id,
+            after,
+            before.filter((u) => !after.includes(u)),
+          ),
+          now,
+        );
       }
       return view;
     });

@@ -66,6 +66,17 @@ export interface Config {
     readonly maxConnectionAgeGraceMs: number;
   };
   readonly limits: { readonly messageMaxBytes: number; readonly markReadMaxIds: number };
+  readonly feed: {
+    /** Idle streams get a heartbeat this often. */
+    readonly heartbeatMs: number;
+    /** A stream whose client accepts no data for this long while events wait ends RESOURCE_EXHAUSTED. */
+    readonly stallMs: number;
+    /** Events are kept this long; older resume tokens answer RESYNC_REQUIRED. */
+    readonly retentionHours: number;
+    readonly pruneIntervalMs: number;
+    /** Events each stream keeps in memory per replica for its live subscribers. */
+    readonly cacheEvents: number;
+  };
   readonly shutdownGraceMs: number;
   readonly shutdownDrainDelayMs: number;
   readonly healthProbeMs: number;
@@ -102,6 +113,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       GRPC_MAX_CONNECTION_AGE_GRACE_MS: int(0, 3_600_000)({ default: 300_000 }),
       MESSAGE_MAX_BYTES: int(1, 262_144)({ default: 16_384 }),
       MARK_READ_MAX_IDS: int(1, 10_000)({ default: 500 }),
+      FEED_HEARTBEAT_MS: int(100, 600_000)({ default: 15_000 }),
+      FEED_STALL_MS: int(50, 600_000)({ default: 10_000 }),
+      FEED_RETENTION_HOURS: int(1, 24 * 366)({ default: 168 }),
+      FEED_PRUNE_INTERVAL_MS: int(1000, 86_400_000)({ default: 300_000 }),
+      FEED_CACHE_EVENTS: int(1, 100_000)({ default: 256 }),
       SHUTDOWN_GRACE_MS: int(0, 600_000)({ default: 10_000 }),
       SHUTDOWN_DRAIN_DELAY_MS: int(0, 600_000)({ default: 1_000 }),
       HEALTH_PROBE_MS: int(100, 60_000)({ default: 2_000 }),
@@ -148,6 +164,13 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       maxConnectionAgeGraceMs: e.GRPC_MAX_CONNECTION_AGE_GRACE_MS,
     },
     limits: { messageMaxBytes: e.MESSAGE_MAX_BYTES, markReadMaxIds: e.MARK_READ_MAX_IDS },
+    feed: {
+      heartbeatMs: e.FEED_HEARTBEAT_MS,
+      stallMs: e.FEED_STALL_MS,
+      retentionHours: e.FEED_RETENTION_HOURS,
+      pruneIntervalMs: e.FEED_PRUNE_INTERVAL_MS,
+      cacheEvents: e.FEED_CACHE_EVENTS,
+    },
     shutdownGraceMs: e.SHUTDOWN_GRACE_MS,
     shutdownDrainDelayMs: e.SHUTDOWN_DRAIN_DELAY_MS,
     healthProbeMs: e.HEALTH_PROBE_MS,

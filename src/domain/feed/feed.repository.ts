@@ -1,0 +1,120 @@
+import type { EntityManager } from '@mikro-orm/postgresql';
+import { sqlDate } from '../db.js';
+
+/** The kinds of event the log holds (feed_event.kind). */
+export type FeedEventKind =
+  | 'message_posted'
+  | 'receipts_updated'
+  | 'thread_changed'
+  | 'thread_updated'
+  | 'thread_removed'
+  | 'session_changed'
+  | 'participant_changed';
+
+/** One event to append: which stream, what happened, and the ids the feed reads when it delivers. */
+export interface NewFeedEvent {
+  readonly stream: string;
+  readonly kind: FeedEventKind;
+  readonly aggregate_id: string;
+  readonly message_id?: string;
+  readonly user_id?: string;
+  readonly message_ids?: readonly string[];
+}
+
+/** A stored event. */
+export interface FeedEvent {
+  readonly stream: string;
+  readonly seq: number;
+  readonly kind: FeedEventKind;
+  readonly aggregateId: string;
+  readonly messageId: string | null;
+  readonly userId: string | null;
+  readonly messageIds: readonly string[];
+  readonly occurredAt: Date;
+}
+
+/** A stream's position: its last sequence number, and up to where old events were pruned. */
+export interface StreamHead {
+  readonly head: number;
+  readonly prunedThrough: number;
+}
+
+/** Stream keys: one feed per thread, per user's inbox, per virtual session. */
+export const streams = {
+  thread: (threadId: string) => `t:${threadId}`,
+  inbox: (userId: string) => `u:${userId}`,
+  session: (sessionId: string) => `s:${sessionId}`,
+};
+
+/** The events a change to a thread's metadata appends: thread_changed, and each inbox as it is affected. */
+export function threadChangeEvents(
+  threadId: string,
+  participants: readonly string[],
+  removed: readonly string[],
+): NewFeedEvent[] {
+  return [
+    { stream: streams.thread(threadId), kind: 'thread_changed', aggregate_id: threadId },
+    ...participants.map((u): NewFeedEvent => ({
+      stream: streams.inbox(u),
+      kind: 'thread_updated',
+      aggregate_id: threadId,
+    })),
+    ...removed.map((u): NewFeedEvent => ({ stream: streams.inbox(u), kind: 'thread_removed', aggregate_id: threadId })),
+  ];
+}
+
+/**
+ * The feed event log (migration 20261129060000). Sends and marks append inside their own database
+ * functions; other writers call `append` inside their transaction, as its last statement.
+ */
+export class FeedRepository {
+  constructor(private readonly em: EntityManager) {}
+
+  /** Appends events in one statement (`comms_feed_append`): numbers them and notifies listeners on commit. */
+  async append(tenantId: string, events: readonly NewFeedEvent[], at: Date): Promise<void> {
+    if (events.length === 0) return;
+    await this.em.execute('select comms_feed_append(?, ?::jsonb, ?::timestamptz)', [
+      tenantId,
+      JSON.stringify(events),
+      at,
+    ]);
+  }
+
+  async head(tenantId: string, stream: string): Promise<StreamHead> {
+    const rows: Record<string, unknown>[] = await this.em.execute(
+      'select head, pruned_through from feed_stream where tenant_id = ? and stream = ?',
+      [tenantId, stream],
+    );
+    const row = rows[0];
+    return row ? { head: Number(row.head), prunedThrough: Number(row.pruned_through) } : { head: 0, prunedThrough: 0 };
+  }
+
+  /** Up to `limit` events of a stream after `afterSeq`, in order. */
+  async after(tenantId: string, stream: string, afterSeq: number, limit: number): Promise<FeedEvent[]> {
+    const rows: Record<string, unknown>[] = await this.em.execute(
+      `select stream, seq, kind, aggregate_id, message_id, user_id, message_ids::text[] as message_ids, occurred_at
+         from feed_event where tenant_id = ? and stream = ? and seq > ? order by seq limit ?`,
+      [tenantId, stream, afterSeq, limit],
+    );
+    return rows.map((r) => ({
+      stream: r.stream as string,
+      seq: Number(r.seq),
+      kind: r.kind as FeedEventKind,
+      aggregateId: r.aggregate_id as string,
+      messageId: (r.message_id as string | null) ?? null,
+      userId: (r.user_id as string | null) ?? null,
+      messageIds: (r.message_ids as string[] | null) ?? [],
+      occurredAt: sqlDate(r.occurred_at),
+    }));
+  }
+
+  /** Deletes up to `limit` events that occurred before `before` (optionally of one tenant); returns how many. */
+  async prune(before: Date, limit: number, tenantId?: string): Promise<number> {
+    const rows: { n: number }[] = await this.em.execute('select comms_feed_prune(?::timestamptz, ?, ?) as n', [
+      before,
+      limit,
+      tenantId ?? null,
+    ]);
+    return Number(rows[0]!.n);
+  }
+}

@@ -1,0 +1,58 @@
+import type { EntityManager } from '@mikro-orm/postgresql';
+import type { Actor } from '../domain/actor.js';
+import type { Db } from '../domain/db.js';
+import { type FeedEvent, streams } from '../domain/feed/feed.repository.js';
+import type { ThreadView } from '../domain/thread/thread.entity.js';
+import type { ThreadService } from '../domain/thread/thread.service.js';
+import type { FeedHub, Prepared } from './hub.js';
+import { type FeedOutput, watch } from './watch.js';
+
+/** What an inbox feed delivers: a thread as the caller's inbox shows it now, or that it left the inbox. */
+export type InboxFeedItem =
+  | { readonly kind: 'thread_updated'; readonly thread: ThreadView }
+  | { readonly kind: 'thread_removed'; readonly threadId: string };
+
+/** Inbox events are rendered per subscriber (read state is the caller's); nothing is shared. */
+async function prepare(
+  _em: EntityManager,
+  _tenantId: string,
+  events: readonly FeedEvent[],
+): Promise<Prepared<undefined>[]> {
+  return events.map((event) => ({ event, shared: undefined }));
+}
+
+/**
+ * WatchInbox: the caller's threads as they change. Each event delivers the thread's summary as it is
+ * when delivered (so a replay after a long disconnect shows current unread counts), or thread_removed
+ * when the caller no longer takes part.
+ */
+export function watchInbox(
+  hub: FeedHub,
+  threads: ThreadService,
+  actor: Actor,
+  db: Db & { readonly signal: AbortSignal; readonly expiresAt: Date },
+  input: { resumeToken: string; heartbeatMs: number },
+): AsyncIterable<FeedOutput<InboxFeedItem>> {
+  return watch<undefined, InboxFeedItem>({
+    hub,
+    tenantId: actor.tenantId,
+    stream: streams.inbox(actor.userId),
+    resumeToken: input.resumeToken,
+    prepare,
+    present: async (em, batch) => {
+      const ids = [...new Set(batch.map((p) => p.event.aggregateId))];
+      const views = await threads.inboxViews(actor, { ...db, em }, ids);
+      return batch.map(({ event }) => {
+        const thread = views.get(event.aggregateId);
+        return {
+          item: thread
+            ? { kind: 'thread_updated' as const, thread }
+            : { kind: 'thread_removed' as const, threadId: event.aggregateId },
+        };
+      });
+    },
+    signal: db.signal,
+    heartbeatMs: input.heartbeatMs,
+    expiresAt: db.expiresAt,
+  });
+}

@@ -1,0 +1,100 @@
+import type { EntityManager } from '@mikro-orm/postgresql';
+import type { Actor } from '../domain/actor.js';
+import type { Db } from '../domain/db.js';
+import { PermissionDenied } from '../domain/errors.js';
+import { type FeedEvent, streams } from '../domain/feed/feed.repository.js';
+import { type MessageRecord, MessageRepository } from '../domain/message/message.repository.js';
+import {
+  ReadReceiptRepository,
+  type ReceiptRecord,
+  type WatermarkRecord,
+} from '../domain/read-receipt/read-receipt.repository.js';
+import type { ThreadView } from '../domain/thread/thread.entity.js';
+import { ThreadNotFound } from '../domain/thread/thread.errors.js';
+import type { ThreadService } from '../domain/thread/thread.service.js';
+import type { FeedHub, Prepared } from './hub.js';
+import { type FeedOutput, watch } from './watch.js';
+
+/** What a thread feed delivers. */
+export type ThreadFeedItem =
+  | { readonly kind: 'message_posted'; readonly message: MessageRecord }
+  | {
+      readonly kind: 'receipts_updated';
+      readonly receipts: readonly ReceiptRecord[];
+      readonly watermark: WatermarkRecord | undefined;
+    }
+  | { readonly kind: 'thread_changed'; readonly thread: ThreadView };
+
+/** Messages and receipts read the same for every subscriber; a thread change is rendered per subscriber. */
+type Shared = ThreadFeedItem | undefined;
+
+/** Reads the messages and receipts of a batch once, for every subscriber of the thread. */
+async function prepare(em: EntityManager, tenantId: string, events: readonly FeedEvent[]): Promise<Prepared<Shared>[]> {
+  const posted = events.filter((e) => e.kind === 'message_posted').map((e) => e.messageId!);
+  const messages = new Map((await new MessageRepository(em).findByIds(tenantId, posted)).map((m) => [m.messageId, m]));
+  const receipts = new ReadReceiptRepository(em);
+  const out: Prepared<Shared>[] = [];
+  for (const event of events) {
+    if (event.kind === 'message_posted') {
+      const message = messages.get(event.messageId!);
+      if (!message) throw new Error(`feed event ${event.stream}#${event.seq}: message ${event.messageId} missing`);
+      out.push({ event, shared: { kind: 'message_posted', message } });
+    } else if (event.kind === 'receipts_updated') {
+      const userId = event.userId!;
+      const [rows, [watermark]] = await Promise.all([
+        receipts.receiptsOf(tenantId, userId, event.messageIds),
+        receipts.watermarks(tenantId, userId, [event.aggregateId]),
+      ]);
+      out.push({ event, shared: { kind: 'receipts_updated', receipts: rows, watermark } });
+    } else {
+      out.push({ event, shared: undefined });
+    }
+  }
+  return out;
+}
+
+/** The participant was removed (or can no longer see the thread): its feed ends after the change. */
+export class ThreadAccessRevoked extends PermissionDenied {
+  constructor(threadId: string) {
+    super('THREAD_ACCESS_REVOKED', `no longer allowed to watch thread ${threadId}`, { thread_id: threadId });
+  }
+}
+
+/** WatchThread: the thread's messages, receipts and changes, for those who may see the thread. */
+export async function watchThread(
+  hub: FeedHub,
+  threads: ThreadService,
+  actor: Actor,
+  db: Db & { readonly signal: AbortSignal; readonly expiresAt: Date },
+  input: { threadId: string; resumeToken: string; heartbeatMs: number },
+): Promise<AsyncIterable<FeedOutput<ThreadFeedItem>>> {
+  // Refuses an invalid id, an unknown or invisible thread before anything streams.
+  const { thread } = await threads.get(actor, db, input.threadId);
+  const threadId = thread.threadId;
+  return watch<Shared, ThreadFeedItem>({
+    hub,
+    tenantId: actor.tenantId,
+    stream: streams.thread(threadId),
+    resumeToken: input.resumeToken,
+    prepare,
+    present: async (em, batch) => {
+      const out = [];
+      for (const { event, shared } of batch) {
+        if (shared) {
+          out.push({ item: shared });
+          continue;
+        }
+        const seen = await threads.observe(actor, { ...db, em }, event.aggregateId);
+        if (!seen) throw new ThreadNotFound(threadId);
+        out.push({
+          item: { kind: 'thread_changed' as const, thread: seen.view },
+          endAfter: seen.visible ? undefined : new ThreadAccessRevoked(threadId),
+        });
+      }
+      return out;
+    },
+    signal: db.signal,
+    heartbeatMs: input.heartbeatMs,
+    expiresAt: db.expiresAt,
+  });
+}

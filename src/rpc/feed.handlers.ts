@@ -1,0 +1,46 @@
+import type {
+  WatchInboxRequest,
+  WatchInboxResponse,
+  WatchSessionRequest,
+  WatchSessionResponse,
+  WatchThreadRequest,
+  WatchThreadResponse,
+} from '../../gen/comms/v1/feed.js';
+import type { ThreadService } from '../domain/thread/thread.service.js';
+import type { FeedHub } from '../feeds/hub.js';
+import { watchInbox } from '../feeds/inbox.feed.js';
+import { watchSession } from '../feeds/session.feed.js';
+import { watchThread } from '../feeds/thread.feed.js';
+import type { StreamHandler } from './adapter.js';
+import { inboxFeedToPb, sessionFeedToPb, threadFeedToPb } from './feed.mapper.js';
+
+/** FeedService handlers: decode → feed → encode, one response per feed output. */
+export function feedHandlers(hub: FeedHub, threads: ThreadService, options: { heartbeatMs: number }) {
+  const { heartbeatMs } = options;
+
+  const watchThreadHandler: StreamHandler<WatchThreadRequest, WatchThreadResponse> = async function* (req, ctx) {
+    const feed = await watchThread(hub, threads, ctx.actor, ctx, {
+      threadId: req.threadId,
+      resumeToken: req.resumeToken,
+      heartbeatMs,
+    });
+    for await (const out of feed) yield threadFeedToPb(out);
+  };
+
+  const watchInboxHandler: StreamHandler<WatchInboxRequest, WatchInboxResponse> = async function* (req, ctx) {
+    for await (const out of watchInbox(hub, threads, ctx.actor, ctx, { resumeToken: req.resumeToken, heartbeatMs })) {
+      yield inboxFeedToPb(out);
+    }
+  };
+
+  const watchSessionHandler: StreamHandler<WatchSessionRequest, WatchSessionResponse> = async function* (req, ctx) {
+    const feed = watchSession(hub, ctx.actor, ctx, {
+      sessionId: req.sessionId,
+      resumeToken: req.resumeToken,
+      heartbeatMs,
+    });
+    for await (const out of feed) yield sessionFeedToPb(out);
+  };
+
+  return { watchThread: watchThreadHandler, watchInbox: watchInboxHandler, watchSession: watchSessionHandler };
+}
