@@ -20,9 +20,12 @@ import {
   expectError,
   newTenant,
   newUser,
+  messageClient,
   type TestUser,
   threadClient,
 } from '../support/clients.js';
+import { send } from '../support/messages.js';
+import { waitFor } from '../support/wait.js';
 import { env } from '../support/hooks.js';
 import { checkHealth, healthClient } from '../support/health.js';
 
@@ -83,6 +86,49 @@ describe('server: reflection (what grpcurl uses)', () => {
       expect((got.thread as Record<string, unknown>).subject).to.equal('via reflection');
     } finally {
       client.close();
+    }
+  });
+  it('streams WatchThread to a client built from reflection alone, as grpcurl would', async () => {
+    const reflection = new GrpcReflection(env.address, credentials.createInsecure());
+    const descriptor = await reflection.getDescriptorBySymbol('comms.v1.FeedService');
+    const pkg = descriptor.getPackageObject({
+      keepCase: true,
+      enums: String,
+      defaults: true,
+      longs: String,
+      oneofs: true,
+    });
+    const Ctor = ((pkg.comms as GrpcObject).v1 as GrpcObject).FeedService as ServiceClientConstructor;
+    type DynamicStream = (req: object, md: Metadata) => NodeJS.EventEmitter & { cancel(): void };
+    const feeds = new Ctor(env.address, credentials.createInsecure()) as unknown as Client &
+      Record<string, DynamicStream>;
+    const threads = threadClient();
+    const messages = messageClient();
+    const user = await newUser(newTenant(), 'provider');
+    let stream: ReturnType<DynamicStream> | undefined;
+    try {
+      const { thread } = await call(
+        threads,
+        threads.createThread,
+        { subject: 'streamed', participants: [], requestId: '' },
+        user.md,
+      );
+      stream = feeds.WatchThread!({ thread_id: thread!.threadId }, user.md);
+      stream.on('error', () => undefined);
+      const received: Record<string, unknown>[] = [];
+      const cases = () => received.map((r) => r.event);
+      stream.on('data', (r: Record<string, unknown>) => received.push(r));
+      await waitFor(async () => cases().includes('caught_up'));
+      await send(messages, user, thread!.threadId, 'over reflection');
+      await waitFor(async () => cases().includes('message_posted'));
+      const posted = received.find((r) => r.event === 'message_posted')!;
+      expect((posted.message_posted as Record<string, unknown>).body).to.equal('over reflection');
+      expect(posted.resume_token).to.be.a('string').and.not.equal('');
+    } finally {
+      stream?.cancel();
+      feeds.close();
+      threads.close();
+      messages.close();
     }
   });
 });

@@ -33,7 +33,10 @@ export interface CaughtUp {
   asOf: Date | undefined;
 }
 
-/** Keep-alive sent on an idle stream. Its resume token equals the last event's (or is empty before any). */
+/**
+ * Keep-alive sent on an idle stream. Its resume token is the stream's current position (that of the last
+ * event or of the caught_up marker).
+ */
 export interface Heartbeat {
   /** Server time it was sent. */
   sentAt: Date | undefined;
@@ -64,7 +67,11 @@ export interface WatchThreadResponse {
     /** Receipts were inserted or moved later (one MarkRead or MarkThreadRead call's effect). */
     { $case: "receiptsUpdated"; value: ReceiptsUpdated }
     | //
-    /** The thread's metadata changed (participants, escalation, state); the thread as after the change. */
+    /**
+     * The thread's metadata changed (participants, escalation, state). The thread as it is when the event
+     * is delivered (at least as new as the change; a replay shows the current thread), with the caller's
+     * unread count.
+     */
     { $case: "threadChanged"; value: Thread }
     | //
     /** End of the replayed backlog. */
@@ -75,9 +82,12 @@ export interface WatchThreadResponse {
     | undefined;
 }
 
-/** Receipts changed by one mark call. */
+/** Receipts changed by one mark call, in one thread. */
 export interface ReceiptsUpdated {
-  /** The receipts after the change. */
+  /**
+   * The receipts the call inserted or moved later (their current read_at): at most the 1000 of the latest
+   * messages; the watermark covers the rest. Empty when only the watermark moved.
+   */
   receipts: ReadReceipt[];
   /** The reader's watermark after the change. */
   watermark: ReadWatermark | undefined;
@@ -101,12 +111,15 @@ export interface WatchInboxResponse {
   event:
     | //
     /**
-     * A thread the caller takes part in changed or gained a message; the thread as the caller sees it
-     * (with its unread count).
+     * A thread the caller takes part in changed or gained a message, or the caller's unread count in it
+     * changed. The thread as the caller sees it when the event is delivered (with its unread count).
      */
     { $case: "threadUpdated"; value: Thread }
     | //
-    /** The caller was removed from this thread; it no longer appears in the inbox. */
+    /**
+     * The caller was removed from this thread (or no longer takes part in it when the event is
+     * delivered); it no longer appears in the inbox.
+     */
     { $case: "threadRemoved"; value: ThreadRemoved }
     | //
     /** End of the replayed backlog. */
@@ -1328,19 +1341,24 @@ export const WatchSessionResponse: MessageFns<WatchSessionResponse> = {
  * Resume: every event carries a `resume_token`. Subscribing with the token of the last event seen first
  * replays every later event, in order, then continues live, with no gap and no duplicate at the seam,
  * also for events whose transactions committed late. After the replayed backlog the stream sends one
- * `caught_up` marker; from then on it is live. Subscribing without a token starts live, after an initial
- * snapshot where the feed defines one. A token too old to replay → FAILED_PRECONDITION, ErrorInfo reason
- * `RESYNC_REQUIRED` (re-sync with the List RPCs, then subscribe without a token); a malformed one →
- * INVALID_ARGUMENT.
+ * `caught_up` marker; from then on it is live. Subscribing without a token starts live: the first
+ * response is then the `caught_up` marker (after an initial snapshot where the feed defines one), whose
+ * token already resumes from that point. Events are kept for a retention period (FEED_RETENTION_HOURS,
+ * default 7 days); a token too old to replay → FAILED_PRECONDITION, ErrorInfo reason `RESYNC_REQUIRED`
+ * (re-sync with the List RPCs, then subscribe without a token); a malformed token, or one issued for
+ * another feed → INVALID_ARGUMENT.
  *
- * Lifecycle: idle streams get a `heartbeat` event (configurable interval) so proxies keep them open. A
- * consumer too slow to keep up has its stream ended with RESOURCE_EXHAUSTED (its last resume token in
- * the ErrorInfo metadata `resume_token`); a server shutting down ends streams with UNAVAILABLE after their
- * last event; an expired token ends the stream with UNAUTHENTICATED. In each case the client subscribes
- * again with its last token. No event is ever dropped silently.
+ * Lifecycle: idle streams get a `heartbeat` event (FEED_HEARTBEAT_MS, default 15 s) so proxies keep them
+ * open. A consumer that accepts no data for FEED_STALL_MS (default 10 s) while events wait has its stream
+ * ended with RESOURCE_EXHAUSTED, reason `SLOW_CONSUMER`; a server shutting down ends streams with
+ * UNAVAILABLE, reason `SERVER_SHUTTING_DOWN`, after their last event; an expired token ends the stream
+ * with UNAUTHENTICATED. Every error that ends an open stream carries the token of the last response sent
+ * in the ErrorInfo metadata `resume_token`; the client subscribes again with its last token. No event is
+ * ever dropped silently.
  *
  * Access is checked at subscribe time and kept true while the stream is open: a participant removed from
- * a thread stops receiving its events (the stream ends with PERMISSION_DENIED after the removal event).
+ * a thread stops receiving its events (the stream ends with PERMISSION_DENIED, reason
+ * `THREAD_ACCESS_REVOKED`, after the removal event).
  */
 export type FeedServiceService = typeof FeedServiceService;
 export const FeedServiceService = {
