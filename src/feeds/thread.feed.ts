@@ -86,9 +86,12 @@ export async function watchThread(
         }
         const seen = await threads.observe(actor, { ...db, em }, event.aggregateId);
         if (!seen) throw new ThreadNotFound(threadId);
+        // The event that removed the caller ends its feed (unless its role governs the thread anyway).
+        // Earlier changes are delivered even if the caller has been removed since: it was entitled to them.
+        const revoked = event.userId === actor.userId && !seen.visible;
         out.push({
           item: { kind: 'thread_changed' as const, thread: seen.view },
-          endAfter: seen.visible ? undefined : new ThreadAccessRevoked(threadId),
+          endAfter: revoked ? new ThreadAccessRevoked(threadId) : undefined,
         });
       }
       return out;

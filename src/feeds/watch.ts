@@ -79,6 +79,8 @@ export async function* watch<S, Item>(o: WatchOptions<S, Item>): AsyncGenerator<
 
     // Yields a batch's events for this subscriber; advances the cursor past each one sent.
     const emit = async function* (batch: readonly Prepared<S>[]) {
+      // Numbers are gapless: a jump means retention deleted events this subscriber has not seen.
+      if (batch[0]!.event.seq !== cursor + 1) throw new ResyncRequired('events after the token were pruned');
       const presented = await o.present(o.hub.fork(), batch);
       for (const [i, p] of presented.entries()) {
         if (!check()) return;

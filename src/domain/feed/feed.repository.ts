@@ -46,14 +46,18 @@ export const streams = {
   session: (sessionId: string) => `s:${sessionId}`,
 };
 
-/** The events a change to a thread's metadata appends: thread_changed, and each inbox as it is affected. */
+/**
+ * The events a change to a thread's metadata appends: thread_changed (naming the participant it removed,
+ * if any, so that participant's feed ends exactly there), and each inbox as it is affected.
+ */
 export function threadChangeEvents(
   threadId: string,
   participants: readonly string[],
   removed: readonly string[],
 ): NewFeedEvent[] {
+  if (removed.length > 1) throw new Error('one thread change removes at most one participant');
   return [
-    { stream: streams.thread(threadId), kind: 'thread_changed', aggregate_id: threadId },
+    { stream: streams.thread(threadId), kind: 'thread_changed', aggregate_id: threadId, user_id: removed[0] },
     ...participants.map((u): NewFeedEvent => ({
       stream: streams.inbox(u),
       kind: 'thread_updated',
