@@ -10,7 +10,8 @@ import {
   type WatermarkRecord,
 } from '../domain/read-receipt/read-receipt.repository.js';
 import type { ThreadView } from '../domain/thread/thread.entity.js';
-import { ThreadNotFound } from '../domain/thread/thread.errors.js';
+import { threadPermissions } from '../domain/thread/thread.policy.js';
+import { fromSnapshot } from '../domain/thread/thread.snapshot.js';
 import type { ThreadService } from '../domain/thread/thread.service.js';
 import type { FeedHub, Prepared } from './hub.js';
 import { type FeedOutput, watch } from './watch.js';
@@ -25,8 +26,8 @@ export type ThreadFeedItem =
     }
   | { readonly kind: 'thread_changed'; readonly thread: ThreadView };
 
-/** Messages and receipts read the same for every subscriber; a thread change is rendered per subscriber. */
-type Shared = ThreadFeedItem | undefined;
+/** What every subscriber shares; a thread change gets each subscriber's read state added. */
+type Shared = ThreadFeedItem;
 
 /** Reads the messages and receipts of a batch once, for every subscriber of the thread. */
 async function prepare(em: EntityManager, tenantId: string, events: readonly FeedEvent[]): Promise<Prepared<Shared>[]> {
@@ -47,7 +48,9 @@ async function prepare(em: EntityManager, tenantId: string, events: readonly Fee
       ]);
       out.push({ event, shared: { kind: 'receipts_updated', receipts: rows, watermark } });
     } else {
-      out.push({ event, shared: undefined });
+      // thread_changed: the thread as the event kept it; each subscriber adds its own read state.
+      if (!event.snapshot) throw new Error(`feed event ${event.stream}#${event.seq}: thread snapshot missing`);
+      out.push({ event, shared: { kind: 'thread_changed', thread: fromSnapshot(em, event.snapshot) } });
     }
   }
   return out;
@@ -80,17 +83,15 @@ export async function watchThread(
     present: async (em, batch) => {
       const out = [];
       for (const { event, shared } of batch) {
-        if (shared) {
+        if (shared.kind !== 'thread_changed') {
           out.push({ item: shared });
           continue;
         }
-        const seen = await threads.observe(actor, { ...db, em }, event.aggregateId);
-        if (!seen) throw new ThreadNotFound(threadId);
-        // The event that removed the caller ends its feed (unless its role governs the thread anyway).
-        // Earlier changes are delivered even if the caller has been removed since: it was entitled to them.
-        const revoked = event.userId === actor.userId && !seen.visible;
+        const thread = await threads.withReadState(actor, { ...db, em }, shared.thread);
+        // The change that removed the caller ends its feed, unless its role governs the thread anyway.
+        const revoked = event.userId === actor.userId && !threadPermissions(actor, thread.participants).see;
         out.push({
-          item: { kind: 'thread_changed' as const, thread: seen.view },
+          item: { kind: 'thread_changed' as const, thread },
           endAfter: revoked ? new ThreadAccessRevoked(threadId) : undefined,
         });
       }

@@ -97,6 +97,32 @@ describe('FeedService.WatchThread', () => {
     }
   });
 
+  it('replays each thread change as it was after that change, with the etag the change answered', async () => {
+    const { provider, patient, thread } = await scene();
+    const live = watchThread(feeds, patient.md, thread.threadId);
+    await live.caughtUp();
+    const start = live.lastToken;
+    live.cancel();
+    const escalated = await call(
+      threads,
+      threads.escalateThread,
+      { threadId: thread.threadId, level: 2, assigneeUserId: 'nurse-1', reason: 'fever', etag: '' },
+      provider.md,
+    );
+    const archived = await call(threads, threads.archiveThread, { threadId: thread.threadId, etag: '' }, provider.md);
+    const replay = watchThread(feeds, patient.md, thread.threadId, start);
+    try {
+      await replay.caughtUp();
+      const changes = replay.events.flatMap((e) => (e.event?.$case === 'threadChanged' ? [e.event.value] : []));
+      expect(changes.map((t) => t.etag)).to.deep.equal([escalated.thread!.etag, archived.thread!.etag]);
+      expect(changes.map((t) => t.state)).to.deep.equal([1, 2]);
+      expect(changes[0]!.escalation?.assigneeUserId).to.equal('nurse-1');
+      expect(changes[0]!.participants.map((p) => p.userId)).to.include('nurse-1');
+    } finally {
+      replay.cancel();
+    }
+  });
+
   it('refuses a malformed token, a token of another thread, a token from the future, and outsiders', async () => {
     const { tenant, provider, patient, thread } = await scene();
     const other = await createThread(threads, provider, {});

@@ -68,9 +68,8 @@ export interface WatchThreadResponse {
     { $case: "receiptsUpdated"; value: ReceiptsUpdated }
     | //
     /**
-     * The thread's metadata changed (participants, escalation, state). The thread as it is when the event
-     * is delivered (at least as new as the change; a replay shows the current thread), with the caller's
-     * unread count.
+     * The thread's metadata changed (participants, escalation, state): the thread as after the change
+     * (also on replay), with the caller's read state and unread count as they are when delivered.
      */
     { $case: "threadChanged"; value: Thread }
     | //

@@ -1,5 +1,6 @@
 import type { EntityManager } from '@mikro-orm/postgresql';
 import { sqlDate } from '../db.js';
+import type { ThreadSnapshot } from '../thread/thread.snapshot.js';
 
 /** The kinds of event the log holds (feed_event.kind). */
 export type FeedEventKind =
@@ -19,6 +20,7 @@ export interface NewFeedEvent {
   readonly message_id?: string;
   readonly user_id?: string;
   readonly message_ids?: readonly string[];
+  readonly snapshot?: ThreadSnapshot;
 }
 
 /** A stored event. */
@@ -30,6 +32,7 @@ export interface FeedEvent {
   readonly messageId: string | null;
   readonly userId: string | null;
   readonly messageIds: readonly string[];
+  readonly snapshot: ThreadSnapshot | null;
   readonly occurredAt: Date;
 }
 
@@ -51,13 +54,20 @@ export const streams = {
  * if any, so that participant's feed ends exactly there), and each inbox as it is affected.
  */
 export function threadChangeEvents(
-  threadId: string,
+  snapshot: ThreadSnapshot,
   participants: readonly string[],
   removed: readonly string[],
 ): NewFeedEvent[] {
   if (removed.length > 1) throw new Error('one thread change removes at most one participant');
+  const threadId = snapshot.threadId as string;
   return [
-    { stream: streams.thread(threadId), kind: 'thread_changed', aggregate_id: threadId, user_id: removed[0] },
+    {
+      stream: streams.thread(threadId),
+      kind: 'thread_changed',
+      aggregate_id: threadId,
+      user_id: removed[0],
+      snapshot,
+    },
     ...participants.map((u): NewFeedEvent => ({
       stream: streams.inbox(u),
       kind: 'thread_updated',
@@ -96,7 +106,8 @@ export class FeedRepository {
   /** Up to `limit` events of a stream after `afterSeq`, in order. */
   async after(tenantId: string, stream: string, afterSeq: number, limit: number): Promise<FeedEvent[]> {
     const rows: Record<string, unknown>[] = await this.em.execute(
-      `select stream, seq, kind, aggregate_id, message_id, user_id, message_ids::text[] as message_ids, occurred_at
+      `select stream, seq, kind, aggregate_id, message_id, user_id, message_ids::text[] as message_ids, snapshot,
+              occurred_at
          from feed_event where tenant_id = ? and stream = ? and seq > ? order by seq limit ?`,
       [tenantId, stream, afterSeq, limit],
     );
@@ -108,6 +119,7 @@ export class FeedRepository {
       messageId: (r.message_id as string | null) ?? null,
       userId: (r.user_id as string | null) ?? null,
       messageIds: (r.message_ids as string[] | null) ?? [],
+      snapshot: (r.snapshot as ThreadSnapshot | null) ?? null,
       occurredAt: sqlDate(r.occurred_at),
     }));
   }

@@ -32,6 +32,7 @@ import {
   threadPermissions,
 } from './thread.policy.js';
 import { ThreadRepository } from './thread.repository.js';
+import { toSnapshot } from './thread.snapshot.js';
 import { ReadReceiptRepository } from '../read-receipt/read-receipt.repository.js';
 import { FeedRepository, streams, threadChangeEvents } from '../feed/feed.repository.js';
 
@@ -143,21 +144,9 @@ export class ThreadService {
     return this.#withReadState(actor, em, view);
   }
 
-  /**
-   * A thread as the caller sees it now, for a feed delivering a change to it, and whether the caller may
-   * still see it (a participant removed by the change may not). Undefined when the thread is gone.
-   */
-  async observe(
-    actor: Actor,
-    { em }: Db,
-    threadId: string,
-  ): Promise<{ view: ThreadView; visible: boolean } | undefined> {
-    const view = await new ThreadRepository(em).load(actor.tenantId, threadId);
-    if (!view) return undefined;
-    return {
-      view: await this.#withReadState(actor, em, view),
-      visible: threadPermissions(actor, view.participants).see,
-    };
+  /** A thread view (e.g. one a feed event kept) with the caller's read state added. */
+  withReadState(actor: Actor, { em }: Db, view: ThreadView): Promise<ThreadView> {
+    return this.#withReadState(actor, em, view);
   }
 
   /** The threads among `threadIds` the caller takes part in, as its inbox shows them (with read state). */
@@ -316,7 +305,7 @@ export class ThreadService {
         await new FeedRepository(tem).append(
           actor.tenantId,
           threadChangeEvents(
-            id,
+            toSnapshot(view),
             after,
             before.filter((u) => !after.includes(u)),
           ),

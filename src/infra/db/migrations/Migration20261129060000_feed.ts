@@ -12,7 +12,9 @@ import { MARK_SQL, SEND_MESSAGE_SQL } from './Migration20261129040000_write_func
  * heads in stream-key order and as the last thing their transaction does, so they cannot deadlock with
  * each other or with the thread lock a send holds.
  *
- * Events hold ids, never content; the feed reads the message, receipts or thread when it delivers.
+ * Events hold ids, never content; the feed reads the message or receipts when it delivers. A
+ * thread_changed event keeps the thread's metadata after the change (`snapshot`: subject, state,
+ * participants, escalation; never message bodies), so a replay shows each change as it was.
  * After committing, `pg_notify('comms_feed', '<tenant> <stream>')` wakes every replica's listener.
  * `comms_feed_prune` deletes events past the retention period and records per stream how far it
  * deleted (`pruned_through`): a resume token before that answers RESYNC_REQUIRED.
@@ -42,6 +44,7 @@ export class Migration20261129060000_feed extends Migration {
         message_id   uuid,
         user_id      text,
         message_ids  uuid[],
+        snapshot     jsonb,
         occurred_at  timestamptz not null,
         primary key (tenant_id, stream, seq),
         foreign key (tenant_id, stream) references feed_stream (tenant_id, stream)
@@ -57,7 +60,7 @@ export class Migration20261129060000_feed extends Migration {
       create trigger feed_event_append_only before update on feed_event
         for each row execute function comms_refuse_feed_event_update()`);
 
-    // p_events: [{stream, kind, aggregate_id, message_id?, user_id?, message_ids?}, ...]; several events
+    // p_events: [{stream, kind, aggregate_id, message_id?, user_id?, message_ids?, snapshot?}, ...]; several events
     // may go to one stream, in array order.
     this.addSql(`
       create function comms_feed_append(p_tenant text, p_events jsonb, p_at timestamptz) returns void
@@ -67,7 +70,7 @@ export class Migration20261129060000_feed extends Migration {
           select e.*, o.n
             from jsonb_array_elements(p_events) with ordinality as o(value, n),
                  jsonb_to_record(o.value) as e(stream text, kind text, aggregate_id uuid, message_id uuid,
-                                               user_id text, message_ids uuid[])
+                                               user_id text, message_ids uuid[], snapshot jsonb)
         ), heads as (
           insert into feed_stream as f (tenant_id, stream, head)
           select p_tenant, i.stream, count(*) from input i group by i.stream order by i.stream
@@ -75,11 +78,11 @@ export class Migration20261129060000_feed extends Migration {
           returning f.stream, f.head
         )
         insert into feed_event (tenant_id, stream, seq, kind, aggregate_id, message_id, user_id, message_ids,
-                                occurred_at)
+                                snapshot, occurred_at)
         select p_tenant, i.stream,
                h.head - count(*) over (partition by i.stream)
                       + row_number() over (partition by i.stream order by i.n),
-               i.kind, i.aggregate_id, i.message_id, i.user_id, i.message_ids, p_at
+               i.kind, i.aggregate_id, i.message_id, i.user_id, i.message_ids, i.snapshot, p_at
           from input i join heads h on h.stream = i.stream;
         perform pg_notify('comms_feed', p_tenant || ' ' || s.stream)
            from (select distinct e->>'stream' as stream from jsonb_array_elements(p_events) e) s;
