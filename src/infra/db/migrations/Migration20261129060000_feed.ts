@@ -138,66 +138,29 @@ export class Migration20261129060000_feed extends Migration {
 }
 
 /**
- * comms_send_message of migration 20261129040000, plus, after the thread moves on: message_posted on
- * the thread's feed and thread_updated on every participant's inbox.
+ * comms_send_message of migration 20261129040000 (its text, so the difference is exactly this), plus,
+ * after the thread moves on: message_posted on the thread's feed and thread_updated on every
+ * participant's inbox.
  */
-const SEND_MESSAGE_WITH_EVENTS_SQL = `
-      create or replace function comms_send_message(
-        p_tenant text, p_thread uuid, p_user text, p_key text, p_body text, p_sha bytea,
-        p_client_sent_at timestamptz, p_candidate uuid, p_now timestamptz) returns json
-      language plpgsql as $$
-      declare
-        t record;
-        m message;
-      begin
-        -- A retry: answer with the stored message, whatever has happened to the thread since.
-        select * into m from message
-         where tenant_id = p_tenant and sender_user_id = p_user and client_mutation_id = p_key;
-        if found then
-          return json_build_object('earlier', row_to_json(m));
-        end if;
-        select th.state, th.message_seq, th.last_message_id, th.last_message_at,
-               exists (select 1 from thread_participant p
-                        where p.tenant_id = th.tenant_id and p.thread_id = th.thread_id and p.user_id = p_user) as member
-          into t
-          from thread th
-         where th.tenant_id = p_tenant and th.thread_id = p_thread
-           for update;
-        if not found then
-          return json_build_object();
-        end if;
-        if not t.member or t.state <> 'active' then
-          return json_build_object('thread', json_build_object('state', t.state, 'member', t.member));
-        end if;
-        -- Under the thread lock the next seq, a non-decreasing sent_at and an id above the last one.
-        insert into message (tenant_id, message_id, thread_id, seq, sender_user_id, client_mutation_id, body,
-                             body_sha256, client_sent_at, sent_at)
-        values (p_tenant,
-                case when t.last_message_id is null or p_candidate > t.last_message_id then p_candidate
-                     else comms_uuid_next(t.last_message_id) end,
-                p_thread, t.message_seq + 1, p_user, p_key, p_body, p_sha, p_client_sent_at,
-                greatest(p_now, t.last_message_at))
-        on conflict (tenant_id, sender_user_id, client_mutation_id) do nothing
-        returning * into m;
-        if not found then
-          -- A concurrent send with the same key committed while this one waited.
-          select * into m from message
-           where tenant_id = p_tenant and sender_user_id = p_user and client_mutation_id = p_key;
-          return json_build_object('earlier', row_to_json(m));
-        end if;
-        update thread
-           set message_seq = m.seq, last_message_id = m.message_id, last_message_at = m.sent_at,
-               last_activity_at = greatest(last_activity_at, m.sent_at)
-         where tenant_id = p_tenant and thread_id = p_thread;
-        perform comms_feed_append(
+const SEND_MESSAGE_WITH_EVENTS_SQL = withText(
+  SEND_MESSAGE_SQL.replace('create function comms_send_message(', 'create or replace function comms_send_message('),
+  `         where tenant_id = p_tenant and thread_id = p_thread;
+`,
+  `        perform comms_feed_append(
           p_tenant,
           comms_thread_inbox_events(p_tenant, p_thread)
             || jsonb_build_object('stream', 't:' || p_thread, 'kind', 'message_posted', 'aggregate_id', p_thread,
                                   'message_id', m.message_id, 'user_id', p_user),
           m.sent_at);
-        return json_build_object('inserted', row_to_json(m),
-                                 'thread', json_build_object('state', t.state, 'member', t.member));
-      end $$`;
+`,
+);
+
+/** `sql` with `addition` inserted after `anchor`, which must occur exactly once. */
+function withText(sql: string, anchor: string, addition: string): string {
+  const at = sql.indexOf(anchor);
+  if (at < 0 || sql.indexOf(anchor, at + 1) >= 0) throw new Error('migration anchor must occur exactly once');
+  return sql.slice(0, at + anchor.length) + addition + sql.slice(at + anchor.length);
+}
 
 /**
  * comms_mark of migration 20261129040000, plus, for each thread where a receipt changed or the
