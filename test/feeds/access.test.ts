@@ -2,34 +2,14 @@ import { Metadata, type ServiceError, status } from '@grpc/grpc-js';
 import { expect } from 'chai';
 import { SignJWT } from 'jose';
 import { v7 as uuidv7 } from 'uuid';
-import type { WatchInboxResponse, WatchThreadResponse } from '../../gen/comms/v1/feed.js';
+import type { WatchThreadResponse } from '../../gen/comms/v1/feed.js';
 import { ParticipantRole } from '../../gen/comms/v1/thread.js';
 import { signDevToken } from '../../src/infra/auth/dev-token.js';
-import {
-  bearer,
-  call,
-  errorDetails,
-  expectError,
-  messageClient,
-  newUser,
-  type TestUser,
-  threadClient,
-} from '../support/clients.js';
-import { type FeedStream, feedClient, postedIds, watchInbox, watchThread } from '../support/feeds.js';
+import { bearer, call, errorDetails, messageClient, newUser, type TestUser, threadClient } from '../support/clients.js';
+import { expectEnd, type FeedStream, feedClient, postedIds, useFeedClients, watchThread } from '../support/feeds.js';
 import { env, startTestApp } from '../support/hooks.js';
 import { addMember, send } from '../support/messages.js';
 import { expectFieldViolations, participant, threadScene } from '../support/threads.js';
-
-type AnyStream = FeedStream<WatchThreadResponse> | FeedStream<WatchInboxResponse>;
-
-/** Asserts a stream ended with `code` and ErrorInfo `reason`; returns the error and its details. */
-async function expectEnd(stream: AnyStream, code: number, reason: string) {
-  return expectError(
-    stream.ended.then((e) => Promise.reject(e ?? new Error('the stream ended OK'))),
-    code,
-    reason,
-  );
-}
 
 /** A token for `user`'s subject, tenant and roles that expires `ttlSeconds` from now (whole seconds). */
 async function shortLived(user: TestUser, ttlSeconds: number): Promise<{ md: Metadata; exp: Date }> {
@@ -46,47 +26,19 @@ async function shortLived(user: TestUser, ttlSeconds: number): Promise<{ md: Met
 }
 
 describe('FeedService access', () => {
-  let threads: ReturnType<typeof threadClient>;
-  let messages: ReturnType<typeof messageClient>;
-  let feeds: ReturnType<typeof feedClient>;
-  const open: AnyStream[] = [];
-  before(() => {
-    threads = threadClient();
-    messages = messageClient();
-    feeds = feedClient();
-  });
-  afterEach(() => {
-    for (const s of open.splice(0)) s.cancel();
-  });
-  after(() => {
-    threads.close();
-    messages.close();
-    feeds.close();
-  });
-
-  function watch(md: Metadata, threadId: string, token = ''): FeedStream<WatchThreadResponse> {
-    const s = watchThread(feeds, md, threadId, token);
-    open.push(s);
-    return s;
-  }
-
-  function inbox(md: Metadata, token = ''): FeedStream<WatchInboxResponse> {
-    const s = watchInbox(feeds, md, token);
-    open.push(s);
-    return s;
-  }
+  const c = useFeedClients();
 
   it('ends a removed participant stream after the removal with PERMISSION_DENIED; the others go on', async () => {
-    const s = await threadScene(threads);
+    const s = await threadScene(c.threads);
     const threadId = s.thread.threadId;
-    const ofPatient = watch(s.patient.md, threadId);
-    const ofProvider = watch(s.provider.md, threadId);
-    const ofStaff = watch(s.staff.md, threadId);
+    const ofPatient = c.watchThread(s.patient.md, threadId);
+    const ofProvider = c.watchThread(s.provider.md, threadId);
+    const ofStaff = c.watchThread(s.staff.md, threadId);
     await Promise.all([ofPatient.caughtUp(), ofProvider.caughtUp(), ofStaff.caughtUp()]);
 
-    const before = (await send(messages, s.provider, threadId, 'before removal')).message!;
+    const before = (await send(c.messages, s.provider, threadId, 'before removal')).message!;
     await ofPatient.eventCount(1);
-    await call(threads, threads.removeParticipant, { threadId, userId: s.patient.userId, etag: '' }, s.provider.md);
+    await call(c.threads, c.threads.removeParticipant, { threadId, userId: s.patient.userId, etag: '' }, s.provider.md);
 
     const { err, info } = await expectEnd(ofPatient, status.PERMISSION_DENIED, 'THREAD_ACCESS_REVOKED');
     expect(ofPatient.cases).to.deep.equal(['caughtUp', 'messagePosted', 'threadChanged']);
@@ -100,7 +52,7 @@ describe('FeedService access', () => {
     expect(err.details).to.be.a('string');
 
     // The others received the removal too and keep receiving the thread's messages.
-    const after = (await send(messages, s.provider, threadId, 'after removal')).message!;
+    const after = (await send(c.messages, s.provider, threadId, 'after removal')).message!;
     for (const other of [ofProvider, ofStaff]) {
       await other.eventCount(3);
       expect(other.events.map((e) => e.event?.$case)).to.deep.equal([
@@ -112,30 +64,30 @@ describe('FeedService access', () => {
     }
 
     // Subscribing again, with or without its last token, is refused: the thread no longer exists for it.
-    await expectEnd(watch(s.patient.md, threadId, ofPatient.lastToken), status.NOT_FOUND, 'THREAD_NOT_FOUND');
-    await expectEnd(watch(s.patient.md, threadId), status.NOT_FOUND, 'THREAD_NOT_FOUND');
+    await expectEnd(c.watchThread(s.patient.md, threadId, ofPatient.lastToken), status.NOT_FOUND, 'THREAD_NOT_FOUND');
+    await expectEnd(c.watchThread(s.patient.md, threadId), status.NOT_FOUND, 'THREAD_NOT_FOUND');
   });
 
   it('keeps the stream of a removed participant who governs the tenant (staff) open', async () => {
-    const s = await threadScene(threads);
+    const s = await threadScene(c.threads);
     const threadId = s.thread.threadId;
-    await addMember(threads, s.provider, threadId, s.staff.userId, ParticipantRole.PARTICIPANT_ROLE_CARE_STAFF);
-    const ofStaff = watch(s.staff.md, threadId);
+    await addMember(c.threads, s.provider, threadId, s.staff.userId, ParticipantRole.PARTICIPANT_ROLE_CARE_STAFF);
+    const ofStaff = c.watchThread(s.staff.md, threadId);
     await ofStaff.caughtUp();
-    await call(threads, threads.removeParticipant, { threadId, userId: s.staff.userId, etag: '' }, s.provider.md);
-    const sent = (await send(messages, s.provider, threadId, 'staff still watches')).message!;
+    await call(c.threads, c.threads.removeParticipant, { threadId, userId: s.staff.userId, etag: '' }, s.provider.md);
+    const sent = (await send(c.messages, s.provider, threadId, 'staff still watches')).message!;
     await ofStaff.eventCount(2);
     expect(ofStaff.events.map((e) => e.event?.$case)).to.deep.equal(['threadChanged', 'messagePosted']);
     expect(postedIds(ofStaff)).to.deep.equal([sent.messageId]);
   });
 
   it('lets staff and service of the tenant watch a thread they do not take part in', async () => {
-    const s = await threadScene(threads);
+    const s = await threadScene(c.threads);
     const threadId = s.thread.threadId;
-    const ofStaff = watch(s.staff.md, threadId);
-    const ofService = watch(s.service.md, threadId);
+    const ofStaff = c.watchThread(s.staff.md, threadId);
+    const ofService = c.watchThread(s.service.md, threadId);
     await Promise.all([ofStaff.caughtUp(), ofService.caughtUp()]);
-    const sent = (await send(messages, s.patient, threadId, 'question')).message!;
+    const sent = (await send(c.messages, s.patient, threadId, 'question')).message!;
     for (const stream of [ofStaff, ofService]) {
       await stream.eventCount(1);
       expect(postedIds(stream)).to.deep.equal([sent.messageId]);
@@ -143,7 +95,7 @@ describe('FeedService access', () => {
   });
 
   it('refuses callers who may not see the thread with NOT_FOUND, and an unknown thread alike', async () => {
-    const s = await threadScene(threads);
+    const s = await threadScene(c.threads);
     const refused: [string, TestUser][] = [
       ['staff of another tenant', s.foreignStaff],
       ['service of another tenant', s.foreignService],
@@ -151,27 +103,29 @@ describe('FeedService access', () => {
       ['patient not taking part', s.outsiderPatient],
     ];
     for (const [what, user] of refused) {
-      const { info } = await expectEnd(watch(user.md, s.thread.threadId), status.NOT_FOUND, 'THREAD_NOT_FOUND').catch(
-        (e: Error) => expect.fail(`${what}: ${e.message}`),
-      );
+      const { info } = await expectEnd(
+        c.watchThread(user.md, s.thread.threadId),
+        status.NOT_FOUND,
+        'THREAD_NOT_FOUND',
+      ).catch((e: Error) => expect.fail(`${what}: ${e.message}`));
       expect(info?.metadata.thread_id, what).to.equal(s.thread.threadId);
     }
-    await expectEnd(watch(s.staff.md, uuidv7()), status.NOT_FOUND, 'THREAD_NOT_FOUND');
-    const stream = watch(s.outsiderPatient.md, s.thread.threadId);
+    await expectEnd(c.watchThread(s.staff.md, uuidv7()), status.NOT_FOUND, 'THREAD_NOT_FOUND');
+    const stream = c.watchThread(s.outsiderPatient.md, s.thread.threadId);
     await stream.ended;
     expect(stream.responses, 'nothing streamed before the refusal').to.deep.equal([]);
   });
 
   it('refuses a malformed thread_id with INVALID_ARGUMENT naming the field', async () => {
-    const s = await threadScene(threads);
+    const s = await threadScene(c.threads);
     for (const bad of ['not-a-uuid', '', `${s.thread.threadId}x`]) {
-      const { err } = await expectEnd(watch(s.provider.md, bad), status.INVALID_ARGUMENT, 'INVALID_ARGUMENT');
+      const { err } = await expectEnd(c.watchThread(s.provider.md, bad), status.INVALID_ARGUMENT, 'INVALID_ARGUMENT');
       expectFieldViolations(err, ['thread_id']);
     }
   });
 
   it('refuses a missing or invalid bearer token with UNAUTHENTICATED, on both feeds', async () => {
-    const s = await threadScene(threads);
+    const s = await threadScene(c.threads);
     const expired = await signDevToken(env.config.jwt.secret!, {
       sub: s.patient.userId,
       tenant: s.tenantId,
@@ -197,7 +151,7 @@ describe('FeedService access', () => {
       ['expired', bearer(expired)],
     ];
     for (const [what, md] of cases) {
-      for (const stream of [watch(md, s.thread.threadId), inbox(md)]) {
+      for (const stream of [c.watchThread(md, s.thread.threadId), c.watchInbox(md)]) {
         await expectEnd(stream, status.UNAUTHENTICATED, 'UNAUTHENTICATED').catch((e: Error) =>
           expect.fail(`${what}: ${e.message}`),
         );
@@ -208,13 +162,13 @@ describe('FeedService access', () => {
 
   it('ends open streams with UNAUTHENTICATED when the token expires; a fresh token resumes without loss', async function () {
     this.timeout(30_000);
-    const s = await threadScene(threads);
+    const s = await threadScene(c.threads);
     const threadId = s.thread.threadId;
     const { md, exp } = await shortLived(s.patient, 4);
-    const ofThread = watch(md, threadId);
-    const ofInbox = inbox(md);
+    const ofThread = c.watchThread(md, threadId);
+    const ofInbox = c.watchInbox(md);
     await Promise.all([ofThread.caughtUp(), ofInbox.caughtUp()]);
-    const early = (await send(messages, s.provider, threadId, 'while the token is valid')).message!;
+    const early = (await send(c.messages, s.provider, threadId, 'while the token is valid')).message!;
     await Promise.all([ofThread.eventCount(1), ofInbox.eventCount(1)]);
     expect(Date.now(), 'the setup finished before the token expired').to.be.below(exp.getTime());
 
@@ -227,10 +181,10 @@ describe('FeedService access', () => {
     expect(postedIds(ofThread)).to.deep.equal([early.messageId]);
 
     // The token that ended the stream is refused; a fresh one resumes exactly where it stopped.
-    await expectEnd(watch(md, threadId, ofThread.lastToken), status.UNAUTHENTICATED, 'UNAUTHENTICATED');
-    const late = (await send(messages, s.provider, threadId, 'after expiry')).message!;
-    const resumed = watch(s.patient.md, threadId, ofThread.lastToken);
-    const resumedInbox = inbox(s.patient.md, ofInbox.lastToken);
+    await expectEnd(c.watchThread(md, threadId, ofThread.lastToken), status.UNAUTHENTICATED, 'UNAUTHENTICATED');
+    const late = (await send(c.messages, s.provider, threadId, 'after expiry')).message!;
+    const resumed = c.watchThread(s.patient.md, threadId, ofThread.lastToken);
+    const resumedInbox = c.watchInbox(s.patient.md, ofInbox.lastToken);
     await Promise.all([resumed.caughtUp(), resumedInbox.caughtUp()]);
     expect(postedIds(resumed)).to.deep.equal([late.messageId]);
     expect(resumed.cases).to.deep.equal(['messagePosted', 'caughtUp']);
@@ -238,7 +192,7 @@ describe('FeedService access', () => {
   });
 
   it('refuses a stream whose token is valid but carries no known role with PERMISSION_DENIED', async () => {
-    const s = await threadScene(threads);
+    const s = await threadScene(c.threads);
     const token = await new SignJWT({ tenant: s.tenantId, roles: ['admin'] })
       .setProtectedHeader({ alg: 'HS256' })
       .setSubject(s.patient.userId)
@@ -246,7 +200,7 @@ describe('FeedService access', () => {
       .setAudience(env.config.jwt.audience)
       .setExpirationTime('1h')
       .sign(new TextEncoder().encode(env.config.jwt.secret!));
-    const err: ServiceError | undefined = await watch(bearer(token), s.thread.threadId).ended;
+    const err: ServiceError | undefined = await c.watchThread(bearer(token), s.thread.threadId).ended;
     expect(err?.code).to.equal(status.PERMISSION_DENIED);
     expect(errorDetails(err!).info?.reason).to.equal('NO_ROLE');
   });

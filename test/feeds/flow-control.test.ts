@@ -2,35 +2,31 @@ import { status } from '@grpc/grpc-js';
 import { expect } from 'chai';
 import type { App } from '../../src/app.js';
 import type { WatchInboxResponse, WatchThreadResponse } from '../../gen/comms/v1/feed.js';
-import { ParticipantRole } from '../../gen/comms/v1/thread.js';
-import { expectError, messageClient, newTenant, newUser, threadClient } from '../support/clients.js';
-import { type FeedStream, expectUnique, feedClient, postedIds, watchInbox, watchThread } from '../support/feeds.js';
+import { messageClient, threadClient } from '../support/clients.js';
+import {
+  type AnyFeedStream,
+  expectEnd,
+  expectUnique,
+  feedClient,
+  postedIds,
+  twoPartyThread,
+  watchInbox,
+  watchThread,
+} from '../support/feeds.js';
 import { startTestApp } from '../support/hooks.js';
 import { send } from '../support/messages.js';
-import { createThread, participant } from '../support/threads.js';
 import { waitFor } from '../support/wait.js';
-
-type AnyStream = FeedStream<WatchThreadResponse> | FeedStream<WatchInboxResponse>;
-
-/** Asserts a stream ended with `code` and ErrorInfo `reason`; returns the error and its details. */
-async function expectEnd(stream: AnyStream, code: number, reason: string) {
-  return expectError(
-    stream.ended.then((e) => Promise.reject(e ?? new Error('the stream ended OK'))),
-    code,
-    reason,
-  );
-}
 
 /** A separate app instance with its own clients; `close()` cancels what is open and shuts it down. */
 async function instance(overrides: Record<string, string>) {
   const app: App = await startTestApp(overrides);
   const address = `127.0.0.1:${app.port}`;
   const clients = { threads: threadClient(address), messages: messageClient(address), feeds: feedClient(address) };
-  const streams: AnyStream[] = [];
+  const streams: AnyFeedStream[] = [];
   return {
     app,
     ...clients,
-    track<S extends AnyStream>(s: S): S {
+    track<S extends AnyFeedStream>(s: S): S {
       streams.push(s);
       return s;
     },
@@ -40,15 +36,6 @@ async function instance(overrides: Record<string, string>) {
       await app.shutdown();
     },
   };
-}
-
-async function scene(threads: ReturnType<typeof threadClient>) {
-  const tenant = newTenant();
-  const [provider, patient] = await Promise.all([newUser(tenant, 'provider'), newUser(tenant, 'patient')]);
-  const thread = await createThread(threads, provider, {
-    participants: [participant(patient.userId, ParticipantRole.PARTICIPANT_ROLE_PATIENT)],
-  });
-  return { tenant, provider, patient, thread };
 }
 
 /** The heartbeats received after the response at `from`. */
@@ -61,7 +48,7 @@ describe('FeedService flow control', () => {
     this.timeout(30_000);
     const srv = await instance({ FEED_HEARTBEAT_MS: '200' });
     try {
-      const { provider, patient, thread } = await scene(srv.threads);
+      const { provider, patient, thread } = await twoPartyThread(srv.threads);
       const ofThread = srv.track(watchThread(srv.feeds, patient.md, thread.threadId));
       const ofInbox = srv.track(watchInbox(srv.feeds, patient.md));
       await Promise.all([ofThread.caughtUp(), ofInbox.caughtUp()]);
@@ -103,7 +90,7 @@ describe('FeedService flow control', () => {
     this.timeout(120_000);
     const srv = await instance({ FEED_STALL_MS: '500' });
     try {
-      const { provider, patient, thread } = await scene(srv.threads);
+      const { provider, patient, thread } = await twoPartyThread(srv.threads);
       const stream = srv.track(watchThread(srv.feeds, patient.md, thread.threadId));
       await stream.caughtUp();
       expect(srv.app.feeds.stats().subscribers).to.equal(1);

@@ -6,8 +6,16 @@ import { FeedServiceClient, type WatchInboxResponse, type WatchThreadResponse } 
 import type { Message } from '../../gen/comms/v1/message.js';
 import { ParticipantRole } from '../../gen/comms/v1/thread.js';
 import type { App } from '../../src/app.js';
-import { errorDetails, messageClient, newTenant, newUser, type TestUser, threadClient } from '../support/clients.js';
-import { expectUnique, feedClient, type FeedStream, postedIds, watchInbox, watchThread } from '../support/feeds.js';
+import { errorDetails, newTenant, newUser, type TestUser } from '../support/clients.js';
+import {
+  expectUnique,
+  feedClient,
+  type FeedStream,
+  postedIds,
+  useFeedClients,
+  watchInbox,
+  watchThread,
+} from '../support/feeds.js';
 import { startTestApp } from '../support/hooks.js';
 import { send, sendMany } from '../support/messages.js';
 import { expectListeners, listenerPids } from '../support/replicas.js';
@@ -31,25 +39,13 @@ async function settledHeap(gc: () => void): Promise<number> {
 }
 
 describe('feed stream lifecycle', () => {
-  let threads: ReturnType<typeof threadClient>;
-  let messages: ReturnType<typeof messageClient>;
-  let feedsA: ReturnType<typeof feedClient>;
-  before(() => {
-    threads = threadClient();
-    messages = messageClient();
-    feedsA = feedClient();
-  });
-  after(() => {
-    threads.close();
-    messages.close();
-    feedsA.close();
-  });
+  const c = useFeedClients();
 
   async function scene() {
     const tenant = newTenant();
     const [provider, patient] = await Promise.all([newUser(tenant, 'provider'), newUser(tenant, 'patient')]);
     const newThread = () =>
-      createThread(threads, provider, {
+      createThread(c.threads, provider, {
         participants: [participant(patient.userId, ParticipantRole.PARTICIPANT_ROLE_PATIENT)],
       });
     return { provider, patient, newThread };
@@ -58,7 +54,7 @@ describe('feed stream lifecycle', () => {
   /** Sends `count` messages one after the other. */
   async function sendLoop(user: TestUser, threadId: string, count: number, prefix: string): Promise<Message[]> {
     const out: Message[] = [];
-    for (let i = 0; i < count; i++) out.push((await send(messages, user, threadId, `${prefix} ${i}`)).message!);
+    for (let i = 0; i < count; i++) out.push((await send(c.messages, user, threadId, `${prefix} ${i}`)).message!);
     return out;
   }
 
@@ -83,7 +79,7 @@ describe('feed stream lifecycle', () => {
     let inboxResumed: ReturnType<typeof watchInbox> | undefined;
     try {
       await Promise.all([onReplica.caughtUp(), idle.caughtUp(), inbox.caughtUp()]);
-      const before = await sendMany(messages, provider, thread.threadId, 5, 'before');
+      const before = await sendMany(c.messages, provider, thread.threadId, 5, 'before');
       await onReplica.eventCount(5);
 
       // Sends go on (through the shared server) while the replica shuts down.
@@ -108,18 +104,18 @@ describe('feed stream lifecycle', () => {
       expect(replica.feeds.stats()).to.deep.equal({ streams: 0, subscribers: 0 });
 
       const duringSent = await during;
-      const after = await sendMany(messages, provider, thread.threadId, 3, 'after');
+      const after = await sendMany(c.messages, provider, thread.threadId, 3, 'after');
       const sent = [...before, ...duringSent, ...after].map((m) => m.messageId);
-      resumed = watchThread(feedsA, patient.md, thread.threadId, onReplica.lastToken);
+      resumed = watchThread(c.feeds, patient.md, thread.threadId, onReplica.lastToken);
       await resumed.waitFor(() => postedIds(resumed!).includes(sent.at(-1)!), 20_000, 'the last message');
       // A barrier: any duplicate of an earlier event would have arrived before it.
-      const barrier = (await send(messages, provider, thread.threadId, 'barrier')).message!.messageId;
+      const barrier = (await send(c.messages, provider, thread.threadId, 'barrier')).message!.messageId;
       await resumed.waitFor(() => postedIds(resumed!).includes(barrier), 20_000, 'the barrier');
       const received = [...postedIds(onReplica), ...postedIds(resumed)];
       expect(received).to.deep.equal([...sent, barrier]);
 
       // The inbox resumes the same way: one thread_updated per message, none twice.
-      inboxResumed = watchInbox(feedsA, patient.md, inbox.lastToken);
+      inboxResumed = watchInbox(c.feeds, patient.md, inbox.lastToken);
       await inboxResumed.waitFor(
         () => inbox.events.length + inboxResumed!.events.length >= sent.length + 1,
         20_000,
@@ -171,7 +167,7 @@ describe('feed stream lifecycle', () => {
       expect(await listenerPids(), 'one listener per replica, not per stream').to.have.length(2);
 
       // Every stream is live: one message per thread reaches each of its subscribers.
-      const posted = await Promise.all(list.map((t) => send(messages, provider, t.threadId, 'fan-out')));
+      const posted = await Promise.all(list.map((t) => send(c.messages, provider, t.threadId, 'fan-out')));
       await Promise.all(streams.map((s) => s.eventCount(1, 60_000)));
       streams.forEach((s, i) => expect(postedIds(s)).to.deep.equal([posted[i % THREADS]!.message!.messageId]));
 

@@ -2,27 +2,16 @@ import { status } from '@grpc/grpc-js';
 import { expect } from 'chai';
 import { ListDirection, type Message } from '../../gen/comms/v1/message.js';
 import { ParticipantRole } from '../../gen/comms/v1/thread.js';
-import { errorDetails, messageClient, newTenant, newUser, type TestUser, threadClient } from '../support/clients.js';
-import { expectUnique, feedClient, postedIds, watchInbox, watchThread } from '../support/feeds.js';
+import { errorDetails, newTenant, newUser, type TestUser } from '../support/clients.js';
+import { expectUnique, feedClient, postedIds, useFeedClients, watchInbox, watchThread } from '../support/feeds.js';
 import { send, sendMany, walkMessages } from '../support/messages.js';
 import { expectListeners, listenerBackends, terminateListeners, withReplica } from '../support/replicas.js';
 import { createThread, db, participant } from '../support/threads.js';
 import { waitFor } from '../support/wait.js';
 
 describe('feeds across replicas', () => {
-  let threads: ReturnType<typeof threadClient>;
-  let messages: ReturnType<typeof messageClient>;
-  let feedsA: ReturnType<typeof feedClient>;
-  before(() => {
-    threads = threadClient();
-    messages = messageClient();
-    feedsA = feedClient();
-  });
-  after(() => {
-    threads.close();
-    messages.close();
-    feedsA.close();
-  });
+  // c.feeds is on the shared test server (replica A); the tests start replica B.
+  const c = useFeedClients();
 
   /** A thread with four members who all send: two providers, a patient, a family member. */
   async function scene() {
@@ -33,7 +22,7 @@ describe('feeds across replicas', () => {
       newUser(tenant, 'patient'),
       newUser(tenant, 'patient'),
     ]);
-    const thread = await createThread(threads, provider, {
+    const thread = await createThread(c.threads, provider, {
       participants: [
         participant(provider2.userId, ParticipantRole.PARTICIPANT_ROLE_PROVIDER),
         participant(patient.userId, ParticipantRole.PARTICIPANT_ROLE_PATIENT),
@@ -53,14 +42,14 @@ describe('feeds across replicas', () => {
     const out: Message[] = [];
     for (let i = 0; i < count; i++) {
       if (i === opts.pauseAfter) await opts.gate;
-      out.push((await send(messages, user, threadId, `${user.userId} ${i}`)).message!);
+      out.push((await send(c.messages, user, threadId, `${user.userId} ${i}`)).message!);
     }
     return out;
   }
 
   /** The thread's message ids in its order (ListMessages, forward). */
   async function threadOrder(user: TestUser, threadId: string): Promise<string[]> {
-    const pages = await walkMessages(messages, user, threadId, {
+    const pages = await walkMessages(c.messages, user, threadId, {
       direction: ListDirection.LIST_DIRECTION_FORWARD,
       pageSize: 100,
     });
@@ -74,10 +63,10 @@ describe('feeds across replicas', () => {
       const feedsB = feedClient(b.address);
       const onB = watchThread(feedsB, patient.md, thread.threadId);
       const inboxOnB = watchInbox(feedsB, patient.md);
-      const onA = watchThread(feedsA, patient.md, thread.threadId);
+      const onA = watchThread(c.feeds, patient.md, thread.threadId);
       try {
         await Promise.all([onB.caughtUp(), inboxOnB.caughtUp(), onA.caughtUp()]);
-        const sent = await sendMany(messages, provider, thread.threadId, 40, 'cross-replica');
+        const sent = await sendMany(c.messages, provider, thread.threadId, 40, 'cross-replica');
         await onB.eventCount(40, 20_000);
         await inboxOnB.eventCount(40, 20_000);
         await onA.eventCount(40, 20_000);
@@ -140,13 +129,13 @@ describe('feeds across replicas', () => {
 
           open();
           resumed.push(
-            watchThread(feedsA, patient.md, thread.threadId, first.lastToken),
+            watchThread(c.feeds, patient.md, thread.threadId, first.lastToken),
             watchThread(feedsB, patient.md, thread.threadId, first.lastToken),
           );
           const sent = (await sending).flat();
           expect(sent).to.have.length(200);
           // A last message as a barrier: once it arrived, everything before it (and any duplicate) has too.
-          const barrier = (await send(messages, provider, thread.threadId, 'barrier')).message!.messageId;
+          const barrier = (await send(c.messages, provider, thread.threadId, 'barrier')).message!.messageId;
           const order = await threadOrder(provider, thread.threadId);
           expect([...order].sort()).to.deep.equal([...sent.map((m) => m.messageId), barrier].sort());
           expect(order.at(-1)).to.equal(barrier);
@@ -197,7 +186,7 @@ describe('feeds across replicas', () => {
         }, 30_000);
         return new Date(Math.min(...back.map((l) => l.backendStart.getTime())));
       };
-      const onA = watchThread(feedsA, patient.md, thread.threadId);
+      const onA = watchThread(c.feeds, patient.md, thread.threadId);
       const onB = watchThread(feedsB, patient.md, thread.threadId);
       const inboxOnB = watchInbox(feedsB, provider.md);
       try {
@@ -207,7 +196,7 @@ describe('feeds across replicas', () => {
         let stop = false;
         const sending = Promise.all(
           senders.map(async (u) => {
-            for (let i = 0; i < 20 || !stop; i++) await send(messages, u, thread.threadId, `${u.userId} ${i}`);
+            for (let i = 0; i < 20 || !stop; i++) await send(c.messages, u, thread.threadId, `${u.userId} ${i}`);
           }),
         );
         await onB.eventCount(10, 30_000);
@@ -233,7 +222,7 @@ describe('feeds across replicas', () => {
         for (let round = 0; round < 10 && !quiet; round++) {
           let committed = new Date(8.64e15);
           const listening = await terminateAndAwaitReconnect(async () => {
-            await sendMany(messages, provider, thread.threadId, 2, `while down ${round}`);
+            await sendMany(c.messages, provider, thread.threadId, 2, `while down ${round}`);
             committed = new Date();
           });
           quiet = committed < listening;
@@ -249,7 +238,7 @@ describe('feeds across replicas', () => {
         await inboxOnB.eventCount(expected.length, 20_000);
 
         // Nothing lost, nothing repeated: a last message as a barrier, any duplicate would come before it.
-        const barrier = (await send(messages, provider, thread.threadId, 'barrier')).message!.messageId;
+        const barrier = (await send(c.messages, provider, thread.threadId, 'barrier')).message!.messageId;
         for (const [name, s] of [
           ['replica A', onA],
           ['replica B', onB],

@@ -1,26 +1,22 @@
 import { status } from '@grpc/grpc-js';
 import { expect } from 'chai';
 import type { EntityManager } from '@mikro-orm/postgresql';
-import type { WatchInboxResponse, WatchThreadResponse } from '../../gen/comms/v1/feed.js';
-import { ParticipantRole } from '../../gen/comms/v1/thread.js';
+import type { WatchThreadResponse } from '../../gen/comms/v1/feed.js';
 import { FeedRepository } from '../../src/domain/feed/feed.repository.js';
-import { expectError, messageClient, newTenant, newUser, threadClient } from '../support/clients.js';
-import { type FeedStream, feedClient, postedIds, watchInbox, watchThread } from '../support/feeds.js';
+import { messageClient, threadClient } from '../support/clients.js';
+import {
+  expectEnd,
+  type FeedStream,
+  feedClient,
+  postedIds,
+  twoPartyThread,
+  useFeedClients,
+  watchThread,
+} from '../support/feeds.js';
 import { env, startTestApp } from '../support/hooks.js';
 import { send, sendMany } from '../support/messages.js';
-import { createThread, db, participant } from '../support/threads.js';
+import { db } from '../support/threads.js';
 import { waitFor } from '../support/wait.js';
-
-type AnyStream = FeedStream<WatchThreadResponse> | FeedStream<WatchInboxResponse>;
-
-/** Asserts a stream ended with `code` and ErrorInfo `reason`; returns the error and its details. */
-async function expectEnd(stream: AnyStream, code: number, reason: string) {
-  return expectError(
-    stream.ended.then((e) => Promise.reject(e ?? new Error('the stream ended OK'))),
-    code,
-    reason,
-  );
-}
 
 /** A tenant's feed events left in the log, and its streams' heads and prune marks. */
 async function stored(tenantId: string) {
@@ -47,44 +43,14 @@ function prune(tenantId: string, before = new Date(Date.now() + 1000)): Promise<
 }
 
 describe('FeedService retention', () => {
-  let threads: ReturnType<typeof threadClient>;
-  let messages: ReturnType<typeof messageClient>;
-  let feeds: ReturnType<typeof feedClient>;
-  const open: AnyStream[] = [];
-  before(() => {
-    threads = threadClient();
-    messages = messageClient();
-    feeds = feedClient();
-  });
-  afterEach(() => {
-    for (const s of open.splice(0)) s.cancel();
-  });
-  after(() => {
-    threads.close();
-    messages.close();
-    feeds.close();
-  });
-
-  function track<S extends AnyStream>(s: S): S {
-    open.push(s);
-    return s;
-  }
-
-  async function scene() {
-    const tenant = newTenant();
-    const [provider, patient] = await Promise.all([newUser(tenant, 'provider'), newUser(tenant, 'patient')]);
-    const thread = await createThread(threads, provider, {
-      participants: [participant(patient.userId, ParticipantRole.PARTICIPANT_ROLE_PATIENT)],
-    });
-    return { tenant, provider, patient, thread };
-  }
+  const c = useFeedClients();
 
   it('refuses tokens before the pruned events with RESYNC_REQUIRED; the newest token and a fresh subscribe work', async () => {
-    const { tenant, provider, patient, thread } = await scene();
-    const first = track(watchThread(feeds, patient.md, thread.threadId));
-    const firstInbox = track(watchInbox(feeds, patient.md));
+    const { tenant, provider, patient, thread } = await twoPartyThread(c.threads);
+    const first = c.watchThread(patient.md, thread.threadId);
+    const firstInbox = c.watchInbox(patient.md);
     await Promise.all([first.caughtUp(), firstInbox.caughtUp()]);
-    await sendMany(messages, provider, thread.threadId, 3);
+    await sendMany(c.messages, provider, thread.threadId, 3);
     await Promise.all([first.eventCount(3), firstInbox.eventCount(3)]);
     first.cancel();
     firstInbox.cancel();
@@ -98,28 +64,24 @@ describe('FeedService retention', () => {
 
     for (const r of first.responses.slice(0, -1)) {
       await expectEnd(
-        track(watchThread(feeds, patient.md, thread.threadId, r.resumeToken)),
+        c.watchThread(patient.md, thread.threadId, r.resumeToken),
         status.FAILED_PRECONDITION,
         'RESYNC_REQUIRED',
       );
     }
     for (const r of firstInbox.responses.slice(0, -1)) {
-      await expectEnd(
-        track(watchInbox(feeds, patient.md, r.resumeToken)),
-        status.FAILED_PRECONDITION,
-        'RESYNC_REQUIRED',
-      );
+      await expectEnd(c.watchInbox(patient.md, r.resumeToken), status.FAILED_PRECONDITION, 'RESYNC_REQUIRED');
     }
 
     // The newest position lost nothing: it resumes with an empty backlog and goes live.
-    const resumed = track(watchThread(feeds, patient.md, thread.threadId, first.lastToken));
-    const resumedInbox = track(watchInbox(feeds, patient.md, firstInbox.lastToken));
-    const fresh = track(watchThread(feeds, patient.md, thread.threadId));
-    const freshInbox = track(watchInbox(feeds, patient.md));
+    const resumed = c.watchThread(patient.md, thread.threadId, first.lastToken);
+    const resumedInbox = c.watchInbox(patient.md, firstInbox.lastToken);
+    const fresh = c.watchThread(patient.md, thread.threadId);
+    const freshInbox = c.watchInbox(patient.md);
     await Promise.all([resumed, resumedInbox, fresh, freshInbox].map((s) => s.caughtUp()));
     for (const s of [resumed, resumedInbox, fresh, freshInbox]) expect(s.cases).to.deep.equal(['caughtUp']);
 
-    const live = (await send(messages, provider, thread.threadId, 'after the prune')).message!;
+    const live = (await send(c.messages, provider, thread.threadId, 'after the prune')).message!;
     await Promise.all([resumed, resumedInbox, fresh, freshInbox].map((s) => s.eventCount(1)));
     expect(postedIds(resumed)).to.deep.equal([live.messageId]);
     expect(postedIds(fresh)).to.deep.equal([live.messageId]);
@@ -132,12 +94,12 @@ describe('FeedService retention', () => {
   });
 
   it('prunes by time: a token at the last pruned position still replays the events kept', async () => {
-    const { tenant, provider, patient, thread } = await scene();
-    const stream = track(watchThread(feeds, patient.md, thread.threadId));
+    const { tenant, provider, patient, thread } = await twoPartyThread(c.threads);
+    const stream = c.watchThread(patient.md, thread.threadId);
     await stream.caughtUp();
-    const [m1, m2] = await sendMany(messages, provider, thread.threadId, 2, 'old');
+    const [m1, m2] = await sendMany(c.messages, provider, thread.threadId, 2, 'old');
     await waitFor(async () => Date.now() > m2!.sentAt!.getTime() + 5);
-    const m3 = (await send(messages, provider, thread.threadId, 'kept')).message!;
+    const m3 = (await send(c.messages, provider, thread.threadId, 'kept')).message!;
     expect(m3.sentAt!.getTime()).to.be.above(m2!.sentAt!.getTime());
     await stream.eventCount(3);
     stream.cancel();
@@ -148,12 +110,8 @@ describe('FeedService retention', () => {
     const threadStream = (await stored(tenant)).streams.find((s) => s.stream === `t:${thread.threadId}`)!;
     expect(threadStream).to.deep.equal({ stream: `t:${thread.threadId}`, head: 3, prunedThrough: 2 });
 
-    await expectEnd(
-      track(watchThread(feeds, patient.md, thread.threadId, t1!)),
-      status.FAILED_PRECONDITION,
-      'RESYNC_REQUIRED',
-    );
-    const resumed = track(watchThread(feeds, patient.md, thread.threadId, t2!));
+    await expectEnd(c.watchThread(patient.md, thread.threadId, t1!), status.FAILED_PRECONDITION, 'RESYNC_REQUIRED');
+    const resumed = c.watchThread(patient.md, thread.threadId, t2!);
     await resumed.caughtUp();
     expect(postedIds(resumed)).to.deep.equal([m3.messageId]);
     expect(resumed.cases).to.deep.equal(['messagePosted', 'caughtUp']);
@@ -171,11 +129,7 @@ describe('FeedService retention', () => {
     const [t, m, f] = [threadClient(address), messageClient(address), feedClient(address)];
     let replay: FeedStream<WatchThreadResponse> | undefined;
     try {
-      const tenant = newTenant();
-      const [provider, patient] = await Promise.all([newUser(tenant, 'provider'), newUser(tenant, 'patient')]);
-      const thread = await createThread(t, provider, {
-        participants: [participant(patient.userId, ParticipantRole.PARTICIPANT_ROLE_PATIENT)],
-      });
+      const { tenant, provider, patient, thread } = await twoPartyThread(t);
       const start = watchThread(f, patient.md, thread.threadId);
       await start.caughtUp();
       start.cancel();

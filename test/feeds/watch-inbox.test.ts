@@ -2,16 +2,8 @@ import { status } from '@grpc/grpc-js';
 import { expect } from 'chai';
 import type { WatchInboxResponse } from '../../gen/comms/v1/feed.js';
 import { ParticipantRole, ThreadState } from '../../gen/comms/v1/thread.js';
-import {
-  call,
-  expectError,
-  messageClient,
-  newTenant,
-  newUser,
-  receiptClient,
-  threadClient,
-} from '../support/clients.js';
-import { type FeedStream, feedClient, watchInbox, watchThread } from '../support/feeds.js';
+import { call, newTenant, newUser } from '../support/clients.js';
+import { expectEnd, type FeedStream, twoPartyThread, useFeedClients } from '../support/feeds.js';
 import { addMember, markRead, markThreadRead, reopen, send, sendMany } from '../support/messages.js';
 import {
   archive,
@@ -64,45 +56,12 @@ function brief(stream: FeedStream<WatchInboxResponse>): [string, string, number 
 }
 
 describe('FeedService.WatchInbox', () => {
-  let threads: ReturnType<typeof threadClient>;
-  let messages: ReturnType<typeof messageClient>;
-  let receipts: ReturnType<typeof receiptClient>;
-  let feeds: ReturnType<typeof feedClient>;
-  const open: { cancel(): void }[] = [];
-  before(() => {
-    threads = threadClient();
-    messages = messageClient();
-    receipts = receiptClient();
-    feeds = feedClient();
-  });
-  afterEach(() => {
-    for (const s of open.splice(0)) s.cancel();
-  });
-  after(() => {
-    threads.close();
-    messages.close();
-    receipts.close();
-    feeds.close();
-  });
+  const c = useFeedClients();
 
-  /** Opens an inbox stream that afterEach cancels. */
-  function inbox(md: Parameters<typeof watchInbox>[1], token = ''): FeedStream<WatchInboxResponse> {
-    const s = watchInbox(feeds, md, token);
-    open.push(s);
-    return s;
-  }
-
+  /** A two-party thread, and another patient of the tenant who does not take part. */
   async function scene() {
-    const tenant = newTenant();
-    const [provider, patient, other] = await Promise.all([
-      newUser(tenant, 'provider'),
-      newUser(tenant, 'patient'),
-      newUser(tenant, 'patient'),
-    ]);
-    const thread = await createThread(threads, provider, {
-      participants: [participant(patient.userId, ParticipantRole.PARTICIPANT_ROLE_PATIENT)],
-    });
-    return { tenant, provider, patient, other, thread };
+    const base = await twoPartyThread(c.threads);
+    return { ...base, other: await newUser(base.tenant, 'patient') };
   }
 
   it('shows a created thread in each participant inbox, and in no one else', async () => {
@@ -112,7 +71,7 @@ describe('FeedService.WatchInbox', () => {
       newUser(tenant, 'patient'),
       newUser(tenant, 'patient'),
     ]);
-    const streams = [inbox(provider.md), inbox(patient.md), inbox(outsider.md)];
+    const streams = [c.watchInbox(provider.md), c.watchInbox(patient.md), c.watchInbox(outsider.md)];
     await Promise.all(streams.map((s) => s.caughtUp()));
     const [ofProvider, ofPatient, ofOutsider] = streams as [
       FeedStream<WatchInboxResponse>,
@@ -120,7 +79,7 @@ describe('FeedService.WatchInbox', () => {
       FeedStream<WatchInboxResponse>,
     ];
 
-    const thread = await createThread(threads, provider, {
+    const thread = await createThread(c.threads, provider, {
       participants: [participant(patient.userId, ParticipantRole.PARTICIPANT_ROLE_PATIENT)],
     });
     const members = [provider.userId, patient.userId].sort();
@@ -132,7 +91,7 @@ describe('FeedService.WatchInbox', () => {
     }
 
     // The outsider's first event is the thread it is added to, not the earlier one.
-    const second = await createThread(threads, provider, {
+    const second = await createThread(c.threads, provider, {
       participants: [participant(outsider.userId, ParticipantRole.PARTICIPANT_ROLE_PATIENT)],
     });
     await ofOutsider.eventCount(1);
@@ -147,24 +106,24 @@ describe('FeedService.WatchInbox', () => {
 
   it('updates the summary on a new message: unread for the recipient, not for the sender', async () => {
     const { provider, patient, thread } = await scene();
-    const ofProvider = inbox(provider.md);
-    const ofPatient = inbox(patient.md);
+    const ofProvider = c.watchInbox(provider.md);
+    const ofPatient = c.watchInbox(patient.md);
     await Promise.all([ofProvider.caughtUp(), ofPatient.caughtUp()]);
 
-    const first = (await send(messages, provider, thread.threadId, 'first')).message!;
+    const first = (await send(c.messages, provider, thread.threadId, 'first')).message!;
     await Promise.all([ofProvider.eventCount(1), ofPatient.eventCount(1)]);
     expect(summaries(ofPatient)[0]).to.include({ kind: 'updated', threadId: thread.threadId, unread: 1 });
     expect(summaries(ofPatient)[0]!.latest).to.equal(first.messageId);
     expect(summaries(ofProvider)[0]).to.include({ kind: 'updated', threadId: thread.threadId, unread: 0 });
     expect(summaries(ofProvider)[0]!.latest).to.equal(first.messageId);
 
-    const second = (await send(messages, provider, thread.threadId, 'second')).message!;
+    const second = (await send(c.messages, provider, thread.threadId, 'second')).message!;
     await Promise.all([ofProvider.eventCount(2), ofPatient.eventCount(2)]);
     expect(summaries(ofPatient)[1]).to.include({ unread: 2, latest: second.messageId });
     expect(summaries(ofProvider)[1]).to.include({ unread: 0, latest: second.messageId });
 
     // The patient's reply: unread for the provider now, and the patient's own message does not count.
-    const reply = (await send(messages, patient, thread.threadId, 'reply')).message!;
+    const reply = (await send(c.messages, patient, thread.threadId, 'reply')).message!;
     await Promise.all([ofProvider.eventCount(3), ofPatient.eventCount(3)]);
     expect(summaries(ofProvider)[2]).to.include({ unread: 1, latest: reply.messageId });
     expect(summaries(ofPatient)[2]).to.include({ unread: 2, latest: reply.messageId });
@@ -174,30 +133,30 @@ describe('FeedService.WatchInbox', () => {
 
   it('brings the unread count down with MarkRead and MarkThreadRead, on the reader inbox only', async () => {
     const { provider, patient, thread } = await scene();
-    const [m1, , m3] = await sendMany(messages, provider, thread.threadId, 3);
-    const ofProvider = inbox(provider.md);
-    const ofPatient = inbox(patient.md);
+    const [m1, , m3] = await sendMany(c.messages, provider, thread.threadId, 3);
+    const ofProvider = c.watchInbox(provider.md);
+    const ofPatient = c.watchInbox(patient.md);
     await Promise.all([ofProvider.caughtUp(), ofPatient.caughtUp()]);
 
-    await markRead(receipts, patient, [m1!.messageId]);
+    await markRead(c.receipts, patient, [m1!.messageId]);
     await ofPatient.eventCount(1);
     expect(brief(ofPatient)).to.deep.equal([['updated', thread.threadId, 2]]);
 
-    await markRead(receipts, patient, [m3!.messageId]);
+    await markRead(c.receipts, patient, [m3!.messageId]);
     await ofPatient.eventCount(2);
     expect(brief(ofPatient)[1]).to.deep.equal(['updated', thread.threadId, 0]);
 
-    const m4 = (await send(messages, provider, thread.threadId, 'fourth')).message!;
+    const m4 = (await send(c.messages, provider, thread.threadId, 'fourth')).message!;
     await ofPatient.eventCount(3);
     expect(summaries(ofPatient)[2]).to.include({ unread: 1, latest: m4.messageId });
 
-    await markThreadRead(receipts, patient, thread.threadId);
+    await markThreadRead(c.receipts, patient, thread.threadId);
     await ofPatient.eventCount(4);
     expect(brief(ofPatient)[3]).to.deep.equal(['updated', thread.threadId, 0]);
 
     // Marking again changes nothing, so it appends nothing: the next event is the next message.
-    await markThreadRead(receipts, patient, thread.threadId);
-    const m5 = (await send(messages, provider, thread.threadId, 'fifth')).message!;
+    await markThreadRead(c.receipts, patient, thread.threadId);
+    const m5 = (await send(c.messages, provider, thread.threadId, 'fifth')).message!;
     await ofPatient.eventCount(5);
     expect(summaries(ofPatient)[4]).to.include({ unread: 1, latest: m5.messageId });
     expect(ofPatient.events).to.have.length(5);
@@ -209,10 +168,10 @@ describe('FeedService.WatchInbox', () => {
 
   it('tells an added participant and the others with thread_updated', async () => {
     const { provider, patient, other, thread } = await scene();
-    const streams = [inbox(provider.md), inbox(patient.md), inbox(other.md)];
+    const streams = [c.watchInbox(provider.md), c.watchInbox(patient.md), c.watchInbox(other.md)];
     await Promise.all(streams.map((s) => s.caughtUp()));
 
-    await addMember(threads, provider, thread.threadId, other.userId, ParticipantRole.PARTICIPANT_ROLE_PATIENT);
+    await addMember(c.threads, provider, thread.threadId, other.userId, ParticipantRole.PARTICIPANT_ROLE_PATIENT);
     const members = [provider.userId, patient.userId, other.userId].sort();
     for (const s of streams) {
       await s.eventCount(1);
@@ -222,23 +181,23 @@ describe('FeedService.WatchInbox', () => {
     }
 
     // The added participant now follows the thread's messages.
-    const sent = (await send(messages, provider, thread.threadId, 'welcome')).message!;
+    const sent = (await send(c.messages, provider, thread.threadId, 'welcome')).message!;
     await streams[2]!.eventCount(2);
     expect(summaries(streams[2]!)[1]).to.include({ kind: 'updated', unread: 1, latest: sent.messageId });
   });
 
   it('sends thread_removed to a removed participant, then nothing more of that thread', async () => {
     const { provider, patient, thread } = await scene();
-    const elsewhere = await createThread(threads, provider, {
+    const elsewhere = await createThread(c.threads, provider, {
       participants: [participant(patient.userId, ParticipantRole.PARTICIPANT_ROLE_PATIENT)],
     });
-    const ofPatient = inbox(patient.md);
-    const ofProvider = inbox(provider.md);
+    const ofPatient = c.watchInbox(patient.md);
+    const ofProvider = c.watchInbox(provider.md);
     await Promise.all([ofPatient.caughtUp(), ofProvider.caughtUp()]);
 
     await call(
-      threads,
-      threads.removeParticipant,
+      c.threads,
+      c.threads.removeParticipant,
       { threadId: thread.threadId, userId: patient.userId, etag: '' },
       provider.md,
     );
@@ -249,9 +208,9 @@ describe('FeedService.WatchInbox', () => {
 
     // Activity in the thread it left reaches only the provider; the patient's next event is the other
     // thread's message (both go through the same ordered inbox stream, so a leak would come first).
-    await send(messages, provider, thread.threadId, 'after removal');
-    await escalate(threads, provider, thread.threadId, { assigneeUserId: provider.userId });
-    const other = (await send(messages, provider, elsewhere.threadId, 'still here')).message!;
+    await send(c.messages, provider, thread.threadId, 'after removal');
+    await escalate(c.threads, provider, thread.threadId, { assigneeUserId: provider.userId });
+    const other = (await send(c.messages, provider, elsewhere.threadId, 'still here')).message!;
     await ofPatient.eventCount(2);
     expect(summaries(ofPatient)).to.deep.equal([
       { kind: 'removed', threadId: thread.threadId },
@@ -269,20 +228,20 @@ describe('FeedService.WatchInbox', () => {
 
   it('resumes after a token with exactly the missed events, rendered as the inbox is now', async () => {
     const { provider, patient, thread } = await scene();
-    const first = inbox(patient.md);
+    const first = c.watchInbox(patient.md);
     await first.caughtUp();
-    await send(messages, provider, thread.threadId, 'seen');
+    await send(c.messages, provider, thread.threadId, 'seen');
     await first.eventCount(1);
     const token = first.lastToken;
     first.cancel();
 
-    await send(messages, provider, thread.threadId, 'missed');
-    const added = await createThread(threads, provider, {
+    await send(c.messages, provider, thread.threadId, 'missed');
+    const added = await createThread(c.threads, provider, {
       participants: [participant(patient.userId, ParticipantRole.PARTICIPANT_ROLE_PATIENT)],
     });
-    await send(messages, provider, thread.threadId, 'missed too');
+    await send(c.messages, provider, thread.threadId, 'missed too');
 
-    const second = inbox(patient.md, token);
+    const second = c.watchInbox(patient.md, token);
     await second.caughtUp();
     // Each replayed event shows the thread as it is when delivered: three unread in the first thread.
     expect(brief(second)).to.deep.equal([
@@ -296,12 +255,12 @@ describe('FeedService.WatchInbox', () => {
       second.events.at(-1)!.resumeToken,
     );
 
-    const live = (await send(messages, provider, added.threadId, 'live')).message!;
+    const live = (await send(c.messages, provider, added.threadId, 'live')).message!;
     await second.eventCount(4);
     expect(summaries(second)[3]).to.include({ threadId: added.threadId, unread: 1, latest: live.messageId });
 
     // Resuming from the caught-up marker of a stream replays nothing.
-    const third = inbox(patient.md, second.lastToken);
+    const third = c.watchInbox(patient.md, second.lastToken);
     await third.caughtUp();
     expect(third.cases).to.deep.equal(['caughtUp']);
   });
@@ -311,25 +270,25 @@ describe('FeedService.WatchInbox', () => {
     const foreignTenant = newTenant();
     const twin = await sameSubjectIn(foreignTenant, patient);
     const foreignProvider = await newUser(foreignTenant, 'provider');
-    const ofPatient = inbox(patient.md);
-    const ofTwin = inbox(twin.md);
+    const ofPatient = c.watchInbox(patient.md);
+    const ofTwin = c.watchInbox(twin.md);
     await Promise.all([ofPatient.caughtUp(), ofTwin.caughtUp()]);
     const twinStart = ofTwin.lastToken;
 
-    await send(messages, provider, thread.threadId, 'for the patient in the first tenant');
-    await createThread(threads, provider, {
+    await send(c.messages, provider, thread.threadId, 'for the patient in the first tenant');
+    await createThread(c.threads, provider, {
       participants: [participant(patient.userId, ParticipantRole.PARTICIPANT_ROLE_PATIENT)],
     });
     await ofPatient.eventCount(2);
 
-    const foreign = await createThread(threads, foreignProvider, {
+    const foreign = await createThread(c.threads, foreignProvider, {
       participants: [participant(twin.userId, ParticipantRole.PARTICIPANT_ROLE_PATIENT)],
     });
     await ofTwin.eventCount(1);
     expect(brief(ofTwin)).to.deep.equal([['updated', foreign.threadId, 0]]);
 
     // A replay of the twin's whole inbox holds only its own tenant's thread.
-    const replay = inbox(twin.md, twinStart);
+    const replay = c.watchInbox(twin.md, twinStart);
     await replay.caughtUp();
     expect(brief(replay)).to.deep.equal([['updated', foreign.threadId, 0]]);
     expect(brief(ofPatient).map(([, id]) => id)).to.not.include(foreign.threadId);
@@ -337,16 +296,16 @@ describe('FeedService.WatchInbox', () => {
 
   it('tells every participant when the thread is archived and reopened', async () => {
     const { provider, patient, thread } = await scene();
-    const streams = [inbox(provider.md), inbox(patient.md)];
+    const streams = [c.watchInbox(provider.md), c.watchInbox(patient.md)];
     await Promise.all(streams.map((s) => s.caughtUp()));
     const states = (s: FeedStream<WatchInboxResponse>) =>
       s.events.map((r) => (r.event?.$case === 'threadUpdated' ? r.event.value.state : r.event?.$case));
-    await archive(threads, provider, thread.threadId);
+    await archive(c.threads, provider, thread.threadId);
     for (const s of streams) {
       await s.eventCount(1);
       expect(states(s)).to.deep.equal([ThreadState.THREAD_STATE_ARCHIVED]);
     }
-    await reopen(threads, patient, thread.threadId);
+    await reopen(c.threads, patient, thread.threadId);
     for (const s of streams) {
       await s.eventCount(2);
       expect(states(s)).to.deep.equal([ThreadState.THREAD_STATE_ARCHIVED, ThreadState.THREAD_STATE_ACTIVE]);
@@ -355,9 +314,8 @@ describe('FeedService.WatchInbox', () => {
 
   it('refuses a malformed token, and a token of another user or of a thread feed, with INVALID_ARGUMENT', async () => {
     const { provider, patient, thread } = await scene();
-    const ofProvider = inbox(provider.md);
-    const ofThread = watchThread(feeds, patient.md, thread.threadId);
-    open.push(ofThread);
+    const ofProvider = c.watchInbox(provider.md);
+    const ofThread = c.watchThread(patient.md, thread.threadId);
     await Promise.all([ofProvider.caughtUp(), ofThread.caughtUp()]);
     const cases: [string, string][] = [
       ['garbage', 'garbage!'],
@@ -366,12 +324,10 @@ describe('FeedService.WatchInbox', () => {
       ['a thread feed', ofThread.lastToken],
     ];
     for (const [what, token] of cases) {
-      const s = inbox(patient.md, token);
-      const { err } = await expectError(
-        s.ended.then((e) => Promise.reject(e ?? new Error('the stream ended OK'))),
-        status.INVALID_ARGUMENT,
-        'INVALID_ARGUMENT',
-      ).catch((e: Error) => expect.fail(`${what}: ${e.message}`));
+      const s = c.watchInbox(patient.md, token);
+      const { err } = await expectEnd(s, status.INVALID_ARGUMENT, 'INVALID_ARGUMENT').catch((e: Error) =>
+        expect.fail(`${what}: ${e.message}`),
+      );
       expectFieldViolations(err, ['resume_token']);
       expect(s.responses, `${what}: nothing streamed`).to.deep.equal([]);
     }

@@ -1,7 +1,12 @@
 import { type ClientReadableStream, credentials, type Metadata, type ServiceError, status } from '@grpc/grpc-js';
 import { expect } from 'chai';
 import { FeedServiceClient, type WatchInboxResponse, type WatchThreadResponse } from '../../gen/comms/v1/feed.js';
+import type { MessageServiceClient } from '../../gen/comms/v1/message.js';
+import type { ReadReceiptServiceClient } from '../../gen/comms/v1/read_receipt.js';
+import { ParticipantRole, type ThreadServiceClient } from '../../gen/comms/v1/thread.js';
+import { expectError, messageClient, newTenant, newUser, receiptClient, threadClient } from './clients.js';
 import { env } from './hooks.js';
+import { createThread, participant } from './threads.js';
 
 /** A FeedService client on the shared test server (or `address`). */
 export function feedClient(address = env.address): FeedServiceClient {
@@ -119,4 +124,78 @@ export function postedIds(stream: FeedStream<WatchThreadResponse>): string[] {
 /** Asserts the list holds no duplicates. */
 export function expectUnique(ids: readonly string[]): void {
   expect(new Set(ids).size, 'no duplicates').to.equal(ids.length);
+}
+
+/** A thread feed or an inbox feed. */
+export type AnyFeedStream = FeedStream<WatchThreadResponse> | FeedStream<WatchInboxResponse>;
+
+/** Asserts a stream ended with `code` and ErrorInfo `reason`; returns the error and its details. */
+export async function expectEnd(stream: AnyFeedStream, code: number, reason: string) {
+  return expectError(
+    stream.ended.then((e) => Promise.reject(e ?? new Error('the stream ended OK'))),
+    code,
+    reason,
+  );
+}
+
+/** A fresh tenant with a provider and a patient, and a thread the provider created with the patient taking part. */
+export async function twoPartyThread(threads: ThreadServiceClient) {
+  const tenant = newTenant();
+  const [provider, patient] = await Promise.all([newUser(tenant, 'provider'), newUser(tenant, 'patient')]);
+  const thread = await createThread(threads, provider, {
+    participants: [participant(patient.userId, ParticipantRole.PARTICIPANT_ROLE_PATIENT)],
+  });
+  return { tenant, provider, patient, thread };
+}
+
+/**
+ * Clients on the shared test server for a feed test suite (set in `before`, closed in `after`), and
+ * the streams it opened (cancelled after each test). See `useFeedClients`.
+ */
+export class FeedClients {
+  threads!: ThreadServiceClient;
+  messages!: MessageServiceClient;
+  receipts!: ReadReceiptServiceClient;
+  feeds!: FeedServiceClient;
+  readonly #open: { cancel(): void }[] = [];
+
+  /** Cancels `stream` after the current test; returns it. */
+  track<S extends { cancel(): void }>(stream: S): S {
+    this.#open.push(stream);
+    return stream;
+  }
+
+  /** Opens WatchThread on `feeds`, cancelled after the current test. */
+  watchThread(md: Metadata, threadId: string, resumeToken = ''): FeedStream<WatchThreadResponse> {
+    return this.track(watchThread(this.feeds, md, threadId, resumeToken));
+  }
+
+  /** Opens WatchInbox on `feeds`, cancelled after the current test. */
+  watchInbox(md: Metadata, resumeToken = ''): FeedStream<WatchInboxResponse> {
+    return this.track(watchInbox(this.feeds, md, resumeToken));
+  }
+
+  /** Cancels the streams tracked so far. */
+  cancelTracked(): void {
+    for (const s of this.#open.splice(0)) s.cancel();
+  }
+}
+
+/**
+ * Called inside a `describe`: registers the hooks that create the clients before its tests, cancel
+ * the streams tracked by each test after it, and close the clients after the suite.
+ */
+export function useFeedClients(): FeedClients {
+  const c = new FeedClients();
+  before(() => {
+    c.threads = threadClient();
+    c.messages = messageClient();
+    c.receipts = receiptClient();
+    c.feeds = feedClient();
+  });
+  afterEach(() => c.cancelTracked());
+  after(() => {
+    for (const client of [c.threads, c.messages, c.receipts, c.feeds]) client.close();
+  });
+  return c;
 }
