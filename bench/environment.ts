@@ -181,11 +181,25 @@ export interface RunningProcess {
   readonly pid: number | undefined;
 }
 
+/** Where a started process logs (a file in bench/results/) and what it is called in messages. */
+export interface StartOptions {
+  /** Log file name in bench/results/ (default service.log or baseline.log). */
+  readonly logName?: string;
+  /** Name in messages and cleanup (default "service" or "baseline server"). */
+  readonly name?: string;
+}
+
 /**
  * Starts the real service (node dist/src/main.js) on loopback, on `databaseUrl`, with the development
- * JWT secret (NODE_ENV and JWT_* unset) and LOG_LEVEL=warn; waits until health says SERVING.
+ * JWT secret (NODE_ENV and JWT_* unset) and LOG_LEVEL=warn; waits until health says SERVING. Several
+ * replicas on one database: give each its own `logName`.
  */
-export async function startService(databaseUrl: string, log: (line: string) => void): Promise<RunningProcess> {
+export async function startService(
+  databaseUrl: string,
+  log: (line: string) => void,
+  options: StartOptions = {},
+): Promise<RunningProcess> {
+  const { logName = 'service.log', name = 'service' } = options;
   const port = await freePort();
   const env: NodeJS.ProcessEnv = {
     ...process.env,
@@ -197,22 +211,22 @@ export async function startService(databaseUrl: string, log: (line: string) => v
     SHUTDOWN_GRACE_MS: '3000',
   };
   for (const k of ['NODE_ENV', 'JWT_SECRET', 'JWT_JWKS_URL', 'JWT_ISSUER', 'JWT_AUDIENCE']) delete env[k];
-  const out = logFile('service.log');
-  const child = spawn(process.execPath, [...profileArgs('service'), SERVICE_MAIN], {
+  const out = logFile(logName);
+  const child = spawn(process.execPath, [...profileArgs(name.replace(/\W+/g, '-')), SERVICE_MAIN], {
     env,
     stdio: ['ignore', out, out],
   });
   closeSync(out);
   children.add(child);
-  onCleanup('service', () => stopChild(child, 5000));
+  onCleanup(name, () => stopChild(child, 5000));
   const address = `127.0.0.1:${port}`;
-  log(`service (pid ${child.pid}) starting on ${address}; its log: bench/results/service.log`);
-  await waitServing(address, child, 60_000);
+  log(`${name} (pid ${child.pid}) starting on ${address}; its log: bench/results/${logName}`);
+  await waitServing(address, child, 60_000, logName);
   return { address, pid: child.pid };
 }
 
 /** Polls grpc.health.v1 Check("") until SERVING; fails if the process exits or time runs out. */
-async function waitServing(address: string, child: ChildProcess, timeoutMs: number): Promise<void> {
+async function waitServing(address: string, child: ChildProcess, timeoutMs: number, logName: string): Promise<void> {
   const pkg = loadPackageDefinition(loadSync(healthProtoPath, { enums: String })) as GrpcObject;
   const Health = (((pkg.grpc as GrpcObject).health as GrpcObject).v1 as GrpcObject).Health as ServiceClientConstructor;
   const client = new Health(address, credentials.createInsecure()) as unknown as Client & {
@@ -226,7 +240,7 @@ async function waitServing(address: string, child: ChildProcess, timeoutMs: numb
   try {
     for (;;) {
       if (child.exitCode !== null || child.signalCode !== null) {
-        throw new Error(`the service exited (code ${child.exitCode}):\n${tail('service.log')}`);
+        throw new Error(`${logName}: the service exited (code ${child.exitCode}):\n${tail(logName)}`);
       }
       const s = await new Promise<string | undefined>((resolve) =>
         client.check({ service: '' }, { deadline: new Date(Date.now() + 1000) }, (err, res) =>
@@ -244,29 +258,37 @@ async function waitServing(address: string, child: ChildProcess, timeoutMs: numb
 
 // ---- the baseline server ----
 
-/** Starts bench/baseline-server.ts in a child process on `databaseUrl`; resolves once it listens. */
-export async function startBaseline(databaseUrl: string, log: (line: string) => void): Promise<RunningProcess> {
-  const out = logFile('baseline.log');
-  const child = fork(BASELINE_MAIN, [], {
+/**
+ * Starts bench/baseline-server.ts (or `main`, another program that says `{ port }` over IPC once it
+ * listens) in a child process on `databaseUrl`; resolves once it listens.
+ */
+export async function startBaseline(
+  databaseUrl: string,
+  log: (line: string) => void,
+  options: StartOptions & { readonly main?: string } = {},
+): Promise<RunningProcess> {
+  const { main = BASELINE_MAIN, logName = 'baseline.log', name = 'baseline server' } = options;
+  const out = logFile(logName);
+  const child = fork(main, [], {
     env: { ...process.env, DATABASE_URL: databaseUrl, HOST: '127.0.0.1', PORT: '0' },
     stdio: ['ignore', out, out, 'ipc'],
-    execArgv: profileArgs('baseline-server'),
+    execArgv: profileArgs(name.replace(/\W+/g, '-')),
   });
   closeSync(out);
   children.add(child);
-  onCleanup('baseline server', () => stopChild(child, 3000));
+  onCleanup(name, () => stopChild(child, 3000));
   const port = await new Promise<number>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('the baseline server did not start within 30 s')), 30_000);
+    const timer = setTimeout(() => reject(new Error(`the ${name} did not start within 30 s`)), 30_000);
     child.once('message', (m: { port: number }) => {
       clearTimeout(timer);
       resolve(m.port);
     });
     child.once('exit', (code) => {
       clearTimeout(timer);
-      reject(new Error(`the baseline server exited (code ${code}):\n${tail('baseline.log')}`));
+      reject(new Error(`the ${name} exited (code ${code}):\n${tail(logName)}`));
     });
   });
   const address = `127.0.0.1:${port}`;
-  log(`baseline server (pid ${child.pid}) on ${address}`);
+  log(`${name} (pid ${child.pid}) on ${address}`);
   return { address, pid: child.pid };
 }
