@@ -41,7 +41,7 @@ export function watchInbox(
     prepare,
     present: async (em, batch) => {
       const ids = [...new Set(batch.map((p) => p.event.aggregateId))];
-      const views = await threads.inboxViews(actor, { ...db, em }, ids);
+      const views = await threads.inboxViews(actor, { ...db, em: em() }, ids);
       return batch.map(({ event }) => {
         const thread = views.get(event.aggregateId);
         return {

@@ -84,10 +84,10 @@ export async function watchThread(
       const out = [];
       for (const { event, shared } of batch) {
         if (shared.kind !== 'thread_changed') {
-          out.push({ item: shared });
+          out.push({ item: shared, shared: true });
           continue;
         }
-        const thread = await threads.withReadState(actor, { ...db, em }, shared.thread);
+        const thread = await threads.withReadState(actor, { ...db, em: em() }, shared.thread);
         // The change that removed the caller ends its feed, unless its role governs the thread anyway.
         const revoked = event.userId === actor.userId && !threadPermissions(actor, thread.participants).see;
         out.push({

@@ -5,11 +5,19 @@ import { FeedRepository } from '../domain/feed/feed.repository.js';
 import { decodeResumeToken, encodeResumeToken } from '../domain/feed/feed.token.js';
 import type { FeedHub, Prepare, Prepared } from './hub.js';
 
-/** One event as a subscriber receives it; `endAfter` ends the stream with that error once it is sent. */
+/**
+ * One event as a subscriber receives it; `endAfter` ends the stream with that error once it is sent.
+ * `shared`: the item is the same for every subscriber of the stream (the event's prepared part), so its
+ * output is built once per event and replica, and the rpc layer can encode it once.
+ */
 export interface Presented<Item> {
   readonly item: Item;
   readonly endAfter?: DomainError;
+  readonly shared?: boolean;
 }
+
+/** The outputs of shared events, by prepared event: one object for all subscribers on this replica. */
+const sharedOutputs = new WeakMap<object, FeedOutput<unknown>>();
 
 /** What a feed stream yields: events, the caught-up marker, heartbeats; each with its resume token. */
 export type FeedOutput<Item> =
@@ -24,8 +32,11 @@ export interface WatchOptions<S, Item> {
   /** The client's resume token ('' = start live). */
   readonly resumeToken: string;
   readonly prepare: Prepare<S>;
-  /** Renders prepared events for this subscriber (one output per event, in order). */
-  readonly present: (em: EntityManager, batch: readonly Prepared<S>[]) => Promise<Presented<Item>[]>;
+  /**
+   * Renders prepared events for this subscriber (one output per event, in order); `em` forks an
+   * EntityManager for the reads it needs, if any.
+   */
+  readonly present: (em: () => EntityManager, batch: readonly Prepared<S>[]) => Promise<Presented<Item>[]>;
   readonly signal: AbortSignal;
   readonly heartbeatMs: number;
   /** When the caller's token expires: the stream ends with UNAUTHENTICATED then. */
@@ -81,11 +92,18 @@ export async function* watch<S, Item>(o: WatchOptions<S, Item>): AsyncGenerator<
     const emit = async function* (batch: readonly Prepared<S>[]) {
       // Numbers are gapless: a jump means retention deleted events this subscriber has not seen.
       if (batch[0]!.event.seq !== cursor + 1) throw new ResyncRequired('events after the token were pruned');
-      const presented = await o.present(o.hub.fork(), batch);
+      let em: EntityManager | undefined;
+      const presented = await o.present(() => (em ??= o.hub.fork()), batch);
       for (const [i, p] of presented.entries()) {
         if (!check()) return;
-        const { event } = batch[i]!;
-        yield { type: 'event' as const, resumeToken: token(event.seq), occurredAt: event.occurredAt, item: p.item };
+        const prepared = batch[i]!;
+        const { event } = prepared;
+        let out = p.shared ? (sharedOutputs.get(prepared) as FeedOutput<Item> | undefined) : undefined;
+        if (!out) {
+          out = { type: 'event', resumeToken: token(event.seq), occurredAt: event.occurredAt, item: p.item };
+          if (p.shared) sharedOutputs.set(prepared, out);
+        }
+        yield out;
         cursor = event.seq;
         if (p.endAfter) throw p.endAfter;
       }

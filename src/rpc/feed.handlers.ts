@@ -14,6 +14,18 @@ import { watchThread } from '../feeds/thread.feed.js';
 import type { StreamHandler } from './adapter.js';
 import { inboxFeedToPb, sessionFeedToPb, threadFeedToPb } from './feed.mapper.js';
 
+/**
+ * The response of each shared feed output (an event every subscriber on this replica receives alike):
+ * mapped once, and the same object lets the server encode it once (see `encodeOnce` in server.ts).
+ */
+const responses = new WeakMap<object, unknown>();
+
+function mapped<T extends object, R>(out: T, map: (out: T) => R): R {
+  let res = responses.get(out) as R | undefined;
+  if (res === undefined) responses.set(out, (res = map(out)));
+  return res;
+}
+
 /** FeedService handlers: decode → feed → encode, one response per feed output. */
 export function feedHandlers(hub: FeedHub, threads: ThreadService, options: { heartbeatMs: number }) {
   const { heartbeatMs } = options;
@@ -24,12 +36,12 @@ export function feedHandlers(hub: FeedHub, threads: ThreadService, options: { he
       resumeToken: req.resumeToken,
       heartbeatMs,
     });
-    for await (const out of feed) yield threadFeedToPb(out);
+    for await (const out of feed) yield mapped(out, threadFeedToPb);
   };
 
   const watchInboxHandler: StreamHandler<WatchInboxRequest, WatchInboxResponse> = async function* (req, ctx) {
     for await (const out of watchInbox(hub, threads, ctx.actor, ctx, { resumeToken: req.resumeToken, heartbeatMs })) {
-      yield inboxFeedToPb(out);
+      yield mapped(out, inboxFeedToPb);
     }
   };
 

@@ -90,8 +90,29 @@ export function addServices(server: Server, adapter: RpcAdapter, domain: Domain)
         );
       } else impl[method] = adapter.unary(def.path, handler as UnaryHandler<unknown, unknown>);
     }
-    server.addService(definition as ServiceDefinition, impl);
+    server.addService(encodeOnce(definition as ServiceDefinition), impl);
   }
+}
+
+/**
+ * The service definition with each streaming method's response serializer remembering what it encoded,
+ * by response object: a feed event written to many streams (one object, see feed.handlers.ts) is
+ * encoded once. Unary responses are left alone.
+ */
+function encodeOnce(definition: ServiceDefinition): ServiceDefinition {
+  return Object.fromEntries(
+    Object.entries(definition).map(([method, def]) => {
+      if (!def.responseStream) return [method, def];
+      const encoded = new WeakMap<object, Buffer>();
+      const serialize = def.responseSerialize;
+      const responseSerialize = (value: object) => {
+        let buf = encoded.get(value);
+        if (!buf) encoded.set(value, (buf = serialize(value)));
+        return buf;
+      };
+      return [method, { ...def, responseSerialize }];
+    }),
+  ) as ServiceDefinition;
 }
 
 /** Health (grpc.health.v1) for the whole server ("") and each service; all NOT_SERVING until ready. */
