@@ -65,6 +65,46 @@ process.on('exit', () => {
   for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
 });
 
+let stopping = false;
+
+/** True once SIGINT or SIGTERM came: everything is being stopped, the process is about to exit. */
+export function isStopping(): boolean {
+  return stopping;
+}
+
+/**
+ * Runs a benchmark's `main` and exits with its code, after `killChildren()` and cleanup(); on an error,
+ * logs it and exits with 2. SIGINT or SIGTERM stops everything at once and exits with 130, whatever
+ * `main` does then.
+ */
+export function runMain(main: () => Promise<number>, log: (line: string) => void, killChildren: () => void): void {
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+    process.on(signal, () => {
+      if (stopping) return;
+      stopping = true;
+      log(`${signal}: stopping everything`);
+      killChildren();
+      void cleanup().finally(() => process.exit(130));
+    });
+  }
+
+  main().then(
+    async (code) => {
+      if (stopping) return;
+      killChildren();
+      await cleanup();
+      process.exit(code);
+    },
+    async (err: unknown) => {
+      if (stopping) return; // interrupted: the signal handler cleans up and exits
+      log(`failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
+      killChildren();
+      await cleanup();
+      process.exit(2);
+    },
+  );
+}
+
 // ---- helpers ----
 
 /** A free TCP port on loopback. */
@@ -172,6 +212,18 @@ export async function createDatabase(log: (line: string) => void): Promise<Bench
   const url = new URL(adminUrl);
   url.pathname = `/${name}`;
   return { url: url.toString(), adminUrl, description };
+}
+
+/** ANALYZE and CHECKPOINT the database at `url`, so each scenario starts from a similar state. */
+export async function settle(url: string): Promise<void> {
+  const c = new pg.Client({ connectionString: url });
+  await c.connect();
+  try {
+    await c.query('analyze');
+    await c.query('checkpoint');
+  } finally {
+    await c.end();
+  }
 }
 
 // ---- the service ----

@@ -108,7 +108,7 @@ export async function runLoad(
 }
 
 /** Resolves when `child` has exited; SIGKILLs it if it has not after `ms`. */
-function exited(child: ChildProcess, ms: number): Promise<void> {
+export function exited(child: ChildProcess, ms: number): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
   return new Promise((resolve) => {
     const timer = setTimeout(() => child.kill('SIGKILL'), ms);

@@ -111,6 +111,12 @@ export function codeName(err: unknown): string {
   return typeof code === 'number' && status[code] !== undefined ? status[code] : 'CLIENT_ERROR';
 }
 
+/** An error as `CODE: details`, for setup failures. */
+export function describeError(err: unknown): string {
+  const e = err as Partial<ServiceError>;
+  return `${codeName(err)}: ${e.details || e.message || String(err)}`;
+}
+
 /** Promisifies one unary call of a generated client (setup traffic, not the measured loop). */
 export function call<Req, Res>(
   client: Client,

@@ -2,6 +2,7 @@
  * The report: a markdown table of every scenario with its ratios to the raw baseline, the issue's
  * targets checked, where the CPU went, and what the errors were; plus the same as JSON.
  */
+import type { RunInfo as CommonRunInfo } from './common.js';
 import type { CpuUsage } from './cpu.js';
 import type { LoadResult } from './loadgen.js';
 import { type BenchConfig, SCENARIOS, type ScenarioName } from './scenarios.js';
@@ -14,16 +15,7 @@ export interface ScenarioOutcome {
   readonly setupError?: string;
 }
 
-export interface RunInfo {
-  readonly startedAt: string;
-  readonly command: string;
-  readonly machine: string;
-  readonly cores: number;
-  readonly node: string;
-  readonly database: string;
-  readonly commit: string;
-  readonly config: BenchConfig;
-}
+export type RunInfo = CommonRunInfo<BenchConfig>;
 
 /** A target of issue 4, checked against the baseline of the same run. */
 interface Target {

@@ -5,13 +5,11 @@
  * Exit code 1 when a scenario is invalid (any non-OK answer, or its setup failed); a missed target alone
  * is reported, not an exit code.
  */
-import { execFileSync } from 'node:child_process';
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
+import { rmSync } from 'node:fs';
 import path from 'node:path';
-import pg from 'pg';
+import { intEnv, listEnv, runInfo, writeReport } from './common.js';
 import { CpuSampler } from './cpu.js';
-import { cleanup, createDatabase, startBaseline, startService } from './environment.js';
+import { createDatabase, runMain, settle, startBaseline, startService } from './environment.js';
 import { killWorkers, runLoad } from './loadgen.js';
 import { isValid, json, markdown, type RunInfo, type ScenarioOutcome } from './report.js';
 import { type BenchConfig, SCENARIOS, type ScenarioName, Scene, SetupError } from './scenarios.js';
@@ -23,22 +21,9 @@ function log(line: string): void {
   process.stderr.write(`bench: ${line}\n`);
 }
 
-/** An integer knob from the environment, within [min, max]. */
-function intEnv(name: string, fallback: number, min: number, max: number): number {
-  const raw = process.env[name];
-  if (raw === undefined || raw === '') return fallback;
-  if (!/^\d+$/.test(raw.trim())) throw new Error(`${name}: must be a whole number, got "${raw}"`);
-  const n = Number(raw);
-  if (n < min || n > max) throw new Error(`${name}: must be between ${min} and ${max}, got ${n}`);
-  return n;
-}
-
 function readConfig(): BenchConfig {
-  const all = Object.keys(SCENARIOS) as ScenarioName[];
-  const raw = process.env.BENCH_SCENARIOS;
-  const wanted = raw ? raw.split(',').map((s) => s.trim()) : all;
-  const unknown = wanted.filter((s) => !all.includes(s as ScenarioName));
-  if (unknown.length > 0) throw new Error(`BENCH_SCENARIOS: unknown ${unknown.join(', ')}; known: ${all.join(', ')}`);
+  // Canonical order: the baseline first, whatever order they were named in.
+  const scenarios = listEnv('BENCH_SCENARIOS', Object.keys(SCENARIOS) as ScenarioName[]);
   const concurrency = intEnv('BENCH_CONCURRENCY', 64, 1, 4096);
   const batch = 50;
   return {
@@ -54,56 +39,17 @@ function readConfig(): BenchConfig {
     replayKeys: intEnv('BENCH_REPLAY_KEYS', 1024, 1, 1_000_000),
     readMessages: intEnv('BENCH_READ_MESSAGES', 200, batch, 100_000),
     batch,
-    // Canonical order: the baseline first, whatever order they were named in.
-    scenarios: all.filter((s) => wanted.includes(s)),
+    scenarios,
   };
 }
 
-function commitOf(): string {
-  try {
-    const sha = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT, encoding: 'utf8' }).trim();
-    const status = ['status', '--porcelain', '--untracked-files=no', '--', '.', ':!bench/results'];
-    const dirty = execFileSync('git', status, { cwd: ROOT, encoding: 'utf8' }).trim() !== '';
-    return dirty ? `${sha} (with uncommitted changes)` : sha;
-  } catch {
-    return 'unknown';
-  }
-}
-
-function commandOf(): string {
-  const knobs = Object.entries(process.env)
-    .filter(([k]) => k.startsWith('BENCH_') && k !== 'BENCH_SERVICE_LOG_LEVEL')
-    .map(([k, v]) => `${k}=${v}`)
-    .sort();
-  const db = process.env.DATABASE_URL ? ['DATABASE_URL=…'] : [];
-  return [...db, ...knobs, 'npm run bench'].join(' ');
-}
-
-/** CHECKPOINT and ANALYZE between scenarios, so each starts from a similar state. */
-async function settle(url: string): Promise<void> {
-  const c = new pg.Client({ connectionString: url });
-  await c.connect();
-  try {
-    await c.query('analyze');
-    await c.query('checkpoint');
-  } finally {
-    await c.end();
-  }
-}
+/** The knobs the command line of the report shows. */
+const isKnob = (k: string) => k.startsWith('BENCH_') && k !== 'BENCH_SERVICE_LOG_LEVEL';
 
 async function main(): Promise<number> {
   const config = readConfig();
   if (process.env.BENCH_PROFILE === '1') rmSync(path.join(RESULTS, 'profiles'), { recursive: true, force: true });
-  const cpus = os.cpus();
-  const info: Omit<RunInfo, 'database'> = {
-    startedAt: new Date().toISOString(),
-    command: commandOf(),
-    machine: `${cpus.length} cores (${cpus[0]?.model.trim() ?? 'unknown CPU'}), ${Math.round(os.totalmem() / 2 ** 30)} GiB RAM, ${os.type()} ${os.release()}`,
-    cores: cpus.length,
-    node: process.version,
-    commit: commitOf(),
-    config,
-  };
+  const info = runInfo(config, isKnob, 'npm run bench');
   log(
     `scenarios ${config.scenarios.join(', ')}; concurrency ${config.concurrency} over ${config.processes} processes; ` +
       `${config.warmupSeconds} s warm-up + ${config.seconds} s each`,
@@ -165,12 +111,7 @@ async function main(): Promise<number> {
   }
 
   const full: RunInfo = { ...info, database: db.description };
-  const md = markdown(full, outcomes);
-  process.stdout.write(`\n${md}`);
-  mkdirSync(RESULTS, { recursive: true });
-  writeFileSync(path.join(RESULTS, 'latest.md'), md);
-  writeFileSync(path.join(RESULTS, 'latest.json'), `${JSON.stringify(json(full, outcomes), null, 2)}\n`);
-  log('wrote bench/results/latest.md and bench/results/latest.json');
+  writeReport('latest', markdown(full, outcomes), json(full, outcomes), log);
   const invalid = outcomes.filter((o) => !isValid(o)).map((o) => o.name);
   if (invalid.length > 0) {
     log(`INVALID (errors or failed setup): ${invalid.join(', ')}`);
@@ -179,29 +120,4 @@ async function main(): Promise<number> {
   return 0;
 }
 
-let stopping = false;
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.on(signal, () => {
-    if (stopping) return;
-    stopping = true;
-    log(`${signal}: stopping everything`);
-    killWorkers();
-    void cleanup().finally(() => process.exit(130));
-  });
-}
-
-main().then(
-  async (code) => {
-    if (stopping) return;
-    killWorkers();
-    await cleanup();
-    process.exit(code);
-  },
-  async (err: unknown) => {
-    if (stopping) return; // interrupted: the signal handler cleans up and exits
-    log(`failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
-    killWorkers();
-    await cleanup();
-    process.exit(2);
-  },
-);
+runMain(main, log, killWorkers);

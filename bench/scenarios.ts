@@ -8,14 +8,15 @@
  * the same receipt rows, as on a real server with many users.
  */
 import { randomBytes, randomUUID } from 'node:crypto';
-import { credentials, type ServiceError } from '@grpc/grpc-js';
+import { credentials } from '@grpc/grpc-js';
 import { MessageServiceClient } from '../gen/comms/v1/message.js';
 import { ParticipantRole, ThreadServiceClient } from '../gen/comms/v1/thread.js';
 import type { Role } from '../src/domain/actor.js';
 import { signDevToken } from '../src/infra/auth/dev-token.js';
 import { DEV_JWT_SECRET } from '../src/infra/config/config.js';
+import { mapLimit } from './common.js';
 import { assignSlots } from './loadgen.js';
-import { bearer, call, type CallKind, codeName, messageBody, type Replay, type SlotPlan } from './protocol.js';
+import { bearer, call, type CallKind, describeError, messageBody, type Replay, type SlotPlan } from './protocol.js';
 
 /** The knobs, from the environment (see bench/README.md). */
 export interface BenchConfig {
@@ -47,16 +48,54 @@ export type ScenarioName = keyof typeof SCENARIOS;
 /** Readers per read thread (the thread limit is 50 participants, creator included). */
 const READERS_PER_THREAD = 40;
 /** Concurrency of the setup traffic. */
-const SETUP_CONCURRENCY = 16;
+export const SETUP_CONCURRENCY = 16;
 /** Tokens outlive any run. */
 const TOKEN_TTL_SECONDS = 12 * 3600;
 
 /** A setup step failed (e.g. SendMessage UNIMPLEMENTED while seeding); the scenario cannot run. */
 export class SetupError extends Error {}
 
-interface User {
+export interface User {
   readonly userId: string;
   readonly token: string;
+}
+
+/** User `userId` of `tenant` in `role`, with a token signed with the development secret. */
+export async function devUser(tenant: string, userId: string, role: Role): Promise<User> {
+  const token = await signDevToken(DEV_JWT_SECRET, {
+    sub: userId,
+    tenant,
+    roles: [role],
+    issuer: 'comms-dev',
+    audience: 'comms',
+    ttlSeconds: TOKEN_TTL_SECONDS,
+  });
+  return { userId, token };
+}
+
+/** CreateThread as `creator`, with `participants` as patients; the new thread's id. */
+export async function createThread(
+  client: ThreadServiceClient,
+  creator: User,
+  subject: string,
+  participants: readonly User[],
+): Promise<string> {
+  const res = await call(
+    client,
+    client.createThread,
+    {
+      subject,
+      participants: participants.map((u) => ({
+        userId: u.userId,
+        role: ParticipantRole.PARTICIPANT_ROLE_PATIENT,
+        addedAt: undefined,
+        addedBy: '',
+      })),
+      requestId: '',
+    },
+    bearer(creator.token),
+  );
+  return res.thread!.threadId;
 }
 
 /** What one scenario asks of the load generator. */
@@ -66,25 +105,6 @@ export interface ScenarioPlan {
   readonly threads: readonly string[];
   readonly messageSets: readonly (readonly string[])[];
   readonly slots: readonly SlotPlan[];
-}
-
-/** Runs `fn` over `items` with at most `limit` at a time; the first failure rejects. */
-async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T, i: number) => Promise<R>) {
-  const out: R[] = new Array<R>(items.length);
-  let next = 0;
-  const lane = async () => {
-    while (next < items.length) {
-      const i = next++;
-      out[i] = await fn(items[i]!, i);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, lane));
-  return out;
-}
-
-function describe(err: unknown): string {
-  const e = err as Partial<ServiceError>;
-  return `${codeName(err)}: ${e.details || e.message || String(err)}`;
 }
 
 /** The tenant, users and data of one run; each piece is made on first use. */
@@ -133,38 +153,15 @@ export class Scene {
     this.#messageClient.close();
   }
 
-  async #user(userId: string, role: Role): Promise<User> {
-    const token = await signDevToken(DEV_JWT_SECRET, {
-      sub: userId,
-      tenant: this.tenant,
-      roles: [role],
-      issuer: 'comms-dev',
-      audience: 'comms',
-      ttlSeconds: TOKEN_TTL_SECONDS,
-    });
-    return { userId, token };
+  #user(userId: string, role: Role): Promise<User> {
+    return devUser(this.tenant, userId, role);
   }
 
   async #createThread(subject: string, participants: readonly User[]): Promise<string> {
     try {
-      const res = await call(
-        this.#threadClient,
-        this.#threadClient.createThread,
-        {
-          subject,
-          participants: participants.map((u) => ({
-            userId: u.userId,
-            role: ParticipantRole.PARTICIPANT_ROLE_PATIENT,
-            addedAt: undefined,
-            addedBy: '',
-          })),
-          requestId: '',
-        },
-        bearer(this.#provider.token),
-      );
-      return res.thread!.threadId;
+      return await createThread(this.#threadClient, this.#provider, subject, participants);
     } catch (err) {
-      throw new SetupError(`CreateThread failed: ${describe(err)}`);
+      throw new SetupError(`CreateThread failed: ${describeError(err)}`);
     }
   }
 
@@ -179,7 +176,7 @@ export class Scene {
       if (!res.message?.messageId) throw new Error('SendMessage answered without a message');
       return res.message.messageId;
     } catch (err) {
-      throw new SetupError(`seeding messages with SendMessage failed: ${describe(err)}`);
+      throw new SetupError(`seeding messages with SendMessage failed: ${describeError(err)}`);
     }
   }
 

@@ -150,7 +150,8 @@ export const BASELINE_CONTROL = {
   streams: { ...json, path: '/bench.FeedBaseline/Streams' },
 } as const;
 
-function sleep(ms: number): Promise<void> {
+/** Resolves after `ms` milliseconds. */
+export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 

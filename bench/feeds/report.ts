@@ -3,6 +3,7 @@
  * scenario), the issue-5 targets, the per-subscriber delivery check, latency detail, CPU and errors;
  * plus the same as JSON.
  */
+import type { RunInfo as CommonRunInfo } from '../common.js';
 import { type Analysis, deliveryClean, type Percentiles } from './analysis.js';
 import type { Target } from './protocol.js';
 
@@ -37,16 +38,7 @@ export interface FeedConfig {
   readonly deadlineMs: number;
 }
 
-export interface RunInfo {
-  readonly startedAt: string;
-  readonly command: string;
-  readonly machine: string;
-  readonly cores: number;
-  readonly node: string;
-  readonly database: string;
-  readonly commit: string;
-  readonly config: FeedConfig;
-}
+export type RunInfo = CommonRunInfo<FeedConfig>;
 
 export interface Cpu {
   /** % of one core, during the window. */
@@ -58,15 +50,19 @@ export interface Cpu {
   readonly machine: number | undefined;
 }
 
-export interface LiveOutcome {
-  readonly kind: 'live';
-  readonly scenario: 'fanout' | 'spread';
+/** What every measured scenario says of the streams it opened against its target. */
+interface StreamsOutcome {
   readonly target: Target;
   readonly streams: number;
   readonly threads: number;
   readonly opened: number;
   readonly openFailed: number;
   readonly openMs: number;
+}
+
+export interface LiveOutcome extends StreamsOutcome {
+  readonly kind: 'live';
+  readonly scenario: 'fanout' | 'spread';
   readonly offeredRate: number;
   readonly messages: number;
   readonly messagesOk: number;
@@ -87,15 +83,9 @@ export interface LiveOutcome {
   readonly drainMs: number | undefined;
 }
 
-export interface IdleOutcome {
+export interface IdleOutcome extends StreamsOutcome {
   readonly kind: 'idle';
   readonly scenario: 'idle';
-  readonly target: Target;
-  readonly streams: number;
-  readonly threads: number;
-  readonly opened: number;
-  readonly openFailed: number;
-  readonly openMs: number;
   readonly rssBeforeMb: number | undefined;
   readonly rssAfterMb: number | undefined;
   /** Streams the baseline server says are open (the service exposes no such count). */
@@ -147,19 +137,24 @@ function label(c: FeedConfig, scenario: FeedScenario): string {
   }
 }
 
+/** How much the idle streams grew their process: MB in all, and KB per stream open. */
+function growth(o: IdleOutcome): { mb: number | undefined; kbPerStream: number | undefined } {
+  const mb = o.rssAfterMb !== undefined && o.rssBeforeMb !== undefined ? o.rssAfterMb - o.rssBeforeMb : undefined;
+  return { mb, kbPerStream: mb !== undefined && o.opened > 0 ? (mb * 1024) / o.opened : undefined };
+}
+
 /** p50, p99, events/s and RSS cells of one outcome. */
 function summaryCells(o: Outcome | undefined): string[] {
   if (!o) return ['not run', '', '', ''];
   if (o.kind === 'failed') return [`failed: ${o.error.split('\n')[0]}`, '', '', ''];
   const mark = isValid(o) ? '' : ' (INVALID)';
   if (o.kind === 'idle') {
-    const delta = o.rssAfterMb !== undefined && o.rssBeforeMb !== undefined ? o.rssAfterMb - o.rssBeforeMb : undefined;
-    const perStream = delta !== undefined && o.opened > 0 ? (delta * 1024) / o.opened : undefined;
+    const g = growth(o);
     return [
       '—',
       '—',
       '—',
-      `${num(o.rssAfterMb, 0)} (before ${num(o.rssBeforeMb, 0)}, +${num(delta, 0)} = ${num(perStream, 1)} KB/stream)${mark}`,
+      `${num(o.rssAfterMb, 0)} (before ${num(o.rssBeforeMb, 0)}, +${num(g.mb, 0)} = ${num(g.kbPerStream, 1)} KB/stream)${mark}`,
     ];
   }
   const a = o.analysis;
@@ -213,6 +208,11 @@ const errorsText = (errors: Record<string, number>) =>
         .map(([k, n]) => `${n} ${k}`)
         .join(', ');
 
+/** A markdown table, after a blank line, its caption and another blank line. */
+function table(caption: string, header: string, separator: string, rows: readonly string[]): string[] {
+  return ['', caption, '', header, separator, ...rows];
+}
+
 /** The markdown report. */
 export function markdown(info: RunInfo, outcomes: readonly Outcome[]): string {
   const c = info.config;
@@ -238,66 +238,69 @@ export function markdown(info: RunInfo, outcomes: readonly Outcome[]): string {
     const bl = summaryCells(find(outcomes, s, 'baseline'));
     lines.push(`| ${label(c, s)} | ${sv.join(' | ')} | ${bl.join(' | ')} |`);
   }
-  lines.push('', 'Targets (issue 5):', '', '| target | measured | result |', '|---|---|---|');
-  for (const t of checkTargets(c, outcomes)) lines.push(`| ${t.label} | ${t.measured} | ${t.result} |`);
+  lines.push(
+    ...table(
+      'Targets (issue 5):',
+      '| target | measured | result |',
+      '|---|---|---|',
+      checkTargets(c, outcomes).map((t) => `| ${t.label} | ${t.measured} | ${t.result} |`),
+    ),
+  );
 
   const live = outcomes.filter((o): o is LiveOutcome => o.kind === 'live');
   if (live.length > 0) {
     lines.push(
-      '',
-      'Delivery check (per subscriber: every message sent OK into its thread must arrive once; resume-token ' +
-        'sequence numbers must step by one):',
-      '',
-      '| scenario | target | streams open | messages sent OK | deliveries due | delivered | missing (streams) | duplicated | unexpected | seq gaps / repeats | stream errors | send errors |',
-      '|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|',
-    );
-    for (const o of live) {
-      const d = o.analysis.delivery;
-      lines.push(
-        `| ${o.scenario} | ${o.target} | ${o.opened}/${o.streams} | ${o.messagesOk}/${o.messages} | ${d.expected} | ` +
-          `${d.delivered} | ${d.missing} (${d.streamsMissing}) | ${d.duplicated} | ${d.unexpected + d.foreign} | ` +
-          `${d.seqGaps} / ${d.seqRepeats} | ${errorsText(d.errors)} | ${errorsText(o.sendErrors)} |`,
-      );
-    }
-    lines.push(
-      '',
-      'Latency detail, ms (window messages; "from answer" = receive − the sender getting its SendMessage answer, a lower bound):',
-      '',
-      '| scenario | target | deliveries | p50 | p90 | p99 | p99.9 | max | from answer p50 / p99 | rate achieved msg/s | late | SendMessage p50 / p99 | drain ms |',
-      '|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|---:|',
-    );
-    for (const o of live) {
-      const l = o.analysis.fromSentAt;
-      const fa = o.analysis.fromAnswer;
-      lines.push(
-        `| ${o.scenario} | ${o.target} | ${l.count} | ${num(l.p50)} | ${num(l.p90)} | ${num(l.p99)} | ${num(l.p999)} | ` +
-          `${num(l.max)} | ${fa ? `${num(fa.p50)} / ${num(fa.p99)}` : '—'} | ${num(o.achievedRate, 1)} | ${o.late} | ` +
-          `${o.sendCall ? `${num(o.sendCall.p50)} / ${num(o.sendCall.p99)}` : '—'} | ${num(o.drainMs, 0)} |`,
-      );
-    }
-    lines.push(
-      '',
-      `CPU during the window, % of one core (${info.cores} cores = ${100 * info.cores} %); replicas are the service's or the baseline's, whichever is measured:`,
-      '',
-      `| scenario | target | subscribers | sender | ${Array.from({ length: c.replicas }, (_, i) => `replica ${letters(i)}`).join(' | ')} | postgres | whole machine | anything else | replicas µs CPU per delivery | subscribers µs CPU per delivery |`,
-      `|---|---|---:|---:|${'---:|'.repeat(c.replicas)}---:|---:|---:|---:|---:|`,
+      ...table(
+        'Delivery check (per subscriber: every message sent OK into its thread must arrive once; resume-token ' +
+          'sequence numbers must step by one):',
+        '| scenario | target | streams open | messages sent OK | deliveries due | delivered | missing (streams) | duplicated | unexpected | seq gaps / repeats | stream errors | send errors |',
+        '|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|',
+        live.map((o) => {
+          const d = o.analysis.delivery;
+          return (
+            `| ${o.scenario} | ${o.target} | ${o.opened}/${o.streams} | ${o.messagesOk}/${o.messages} | ${d.expected} | ` +
+            `${d.delivered} | ${d.missing} (${d.streamsMissing}) | ${d.duplicated} | ${d.unexpected + d.foreign} | ` +
+            `${d.seqGaps} / ${d.seqRepeats} | ${errorsText(d.errors)} | ${errorsText(o.sendErrors)} |`
+          );
+        }),
+      ),
+      ...table(
+        'Latency detail, ms (window messages; "from answer" = receive − the sender getting its SendMessage answer, a lower bound):',
+        '| scenario | target | deliveries | p50 | p90 | p99 | p99.9 | max | from answer p50 / p99 | rate achieved msg/s | late | SendMessage p50 / p99 | drain ms |',
+        '|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|---:|',
+        live.map((o) => {
+          const l = o.analysis.fromSentAt;
+          const fa = o.analysis.fromAnswer;
+          return (
+            `| ${o.scenario} | ${o.target} | ${l.count} | ${num(l.p50)} | ${num(l.p90)} | ${num(l.p99)} | ${num(l.p999)} | ` +
+            `${num(l.max)} | ${fa ? `${num(fa.p50)} / ${num(fa.p99)}` : '—'} | ${num(o.achievedRate, 1)} | ${o.late} | ` +
+            `${o.sendCall ? `${num(o.sendCall.p50)} / ${num(o.sendCall.p99)}` : '—'} | ${num(o.drainMs, 0)} |`
+          );
+        }),
+      ),
     );
     let disturbed = false;
-    for (const o of live) {
-      const u = o.cpu;
-      const ours =
-        u.subscribers + (u.sender ?? 0) + u.servers.reduce((s: number, v) => s + (v ?? 0), 0) + (u.postgres ?? 0);
-      const others = u.machine === undefined ? undefined : Math.max(0, u.machine - ours);
-      if (others !== undefined && others > 20) disturbed = true;
-      const perDelivery = (pct: number) =>
-        o.analysis.eventsPerSecond > 0 ? ((pct / 100) * 1e6) / o.analysis.eventsPerSecond : undefined;
-      const servers = u.servers.reduce((s: number, v) => s + (v ?? 0), 0);
-      lines.push(
-        `| ${o.scenario} | ${o.target} | ${num(u.subscribers, 0)} | ${num(u.sender, 0)} | ` +
-          `${u.servers.map((v) => num(v, 0)).join(' | ')} | ${num(u.postgres, 0)} | ${num(u.machine, 0)} | ${num(others, 0)} | ` +
-          `${num(perDelivery(servers), 0)} | ${num(perDelivery(u.subscribers), 0)} |`,
-      );
-    }
+    lines.push(
+      ...table(
+        `CPU during the window, % of one core (${info.cores} cores = ${100 * info.cores} %); replicas are the service's or the baseline's, whichever is measured:`,
+        `| scenario | target | subscribers | sender | ${Array.from({ length: c.replicas }, (_, i) => `replica ${letters(i)}`).join(' | ')} | postgres | whole machine | anything else | replicas µs CPU per delivery | subscribers µs CPU per delivery |`,
+        `|---|---|---:|---:|${'---:|'.repeat(c.replicas)}---:|---:|---:|---:|---:|`,
+        live.map((o) => {
+          const u = o.cpu;
+          const servers = u.servers.reduce((s: number, v) => s + (v ?? 0), 0);
+          const ours = u.subscribers + (u.sender ?? 0) + servers + (u.postgres ?? 0);
+          const others = u.machine === undefined ? undefined : Math.max(0, u.machine - ours);
+          if (others !== undefined && others > 20) disturbed = true;
+          const perDelivery = (pct: number) =>
+            o.analysis.eventsPerSecond > 0 ? ((pct / 100) * 1e6) / o.analysis.eventsPerSecond : undefined;
+          return (
+            `| ${o.scenario} | ${o.target} | ${num(u.subscribers, 0)} | ${num(u.sender, 0)} | ` +
+            `${u.servers.map((v) => num(v, 0)).join(' | ')} | ${num(u.postgres, 0)} | ${num(u.machine, 0)} | ${num(others, 0)} | ` +
+            `${num(perDelivery(servers), 0)} | ${num(perDelivery(u.subscribers), 0)} |`
+          );
+        }),
+      ),
+    );
     if (disturbed) {
       lines.push(
         '',
@@ -308,22 +311,21 @@ export function markdown(info: RunInfo, outcomes: readonly Outcome[]): string {
   const idle = outcomes.filter((o): o is IdleOutcome => o.kind === 'idle');
   if (idle.length > 0) {
     lines.push(
-      '',
-      'Idle streams (VmRSS of the one process holding them, before opening and after they were all caught up ' +
-        `and ${c.idleSettleSeconds} s idle):`,
-      '',
-      '| target | streams open | threads | open time s | RSS before MB | RSS after MB | Δ MB | KB per stream | heartbeats | errors |',
-      '|---|---:|---:|---:|---:|---:|---:|---:|---:|---|',
+      ...table(
+        'Idle streams (VmRSS of the one process holding them, before opening and after they were all caught up ' +
+          `and ${c.idleSettleSeconds} s idle):`,
+        '| target | streams open | threads | open time s | RSS before MB | RSS after MB | Δ MB | KB per stream | heartbeats | errors |',
+        '|---|---:|---:|---:|---:|---:|---:|---:|---:|---|',
+        idle.map((o) => {
+          const g = growth(o);
+          return (
+            `| ${o.target} | ${o.opened}/${o.streams}${o.serverOpen !== undefined ? ` (server: ${o.serverOpen})` : ''} | ` +
+            `${o.threads} | ${num(o.openMs / 1000, 1)} | ${num(o.rssBeforeMb, 0)} | ${num(o.rssAfterMb, 0)} | ${num(g.mb, 0)} | ` +
+            `${num(g.kbPerStream, 1)} | ${o.heartbeats} | ${errorsText(o.errors)} |`
+          );
+        }),
+      ),
     );
-    for (const o of idle) {
-      const delta =
-        o.rssAfterMb !== undefined && o.rssBeforeMb !== undefined ? o.rssAfterMb - o.rssBeforeMb : undefined;
-      lines.push(
-        `| ${o.target} | ${o.opened}/${o.streams}${o.serverOpen !== undefined ? ` (server: ${o.serverOpen})` : ''} | ` +
-          `${o.threads} | ${num(o.openMs / 1000, 1)} | ${num(o.rssBeforeMb, 0)} | ${num(o.rssAfterMb, 0)} | ${num(delta, 0)} | ` +
-          `${num(delta !== undefined && o.opened > 0 ? (delta * 1024) / o.opened : undefined, 1)} | ${o.heartbeats} | ${errorsText(o.errors)} |`,
-      );
-    }
   }
   const samples = outcomes.flatMap((o) => {
     if (o.kind === 'failed') return [`- ${o.scenario} (${o.target}): ${o.error}`];

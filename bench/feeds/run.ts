@@ -8,20 +8,27 @@
  * .json. Everything it starts, it stops, also on error and Ctrl-C. Exit code 1 when a scenario is
  * invalid (a stream or send error, a message missing or duplicated); a missed target alone is reported.
  */
-import { execFileSync } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { Client, credentials, type ServiceError } from '@grpc/grpc-js';
-import pg from 'pg';
+import { intEnv, listEnv, runInfo, writeReport } from '../common.js';
 import { CpuSampler } from '../cpu.js';
-import { cleanup, createDatabase, type RunningProcess, startBaseline, startService } from '../environment.js';
+import {
+  createDatabase,
+  isStopping,
+  runMain,
+  type RunningProcess,
+  settle,
+  startBaseline,
+  startService,
+} from '../environment.js';
 import { analyse, percentiles } from './analysis.js';
 import {
   BASELINE_CONTROL,
   epochNow,
   type PublishRequest,
   type PublishResponse,
+  sleep,
   type StreamPlan,
   type Target,
 } from './protocol.js';
@@ -40,40 +47,16 @@ import {
 import { FeedScene, sendPaced } from './scene.js';
 import { killSubscribers, Subscribers } from './subscribers.js';
 
-const ROOT = path.resolve(import.meta.dirname, '../../..');
-const RESULTS = path.join(ROOT, 'bench/results');
 const BASELINE_MAIN = path.join(import.meta.dirname, 'baseline-server.js');
 
 function log(line: string): void {
   process.stderr.write(`bench:feeds: ${line}\n`);
 }
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-/** An integer knob from the environment, within [min, max]. */
-function intEnv(name: string, fallback: number, min: number, max: number): number {
-  const raw = process.env[name];
-  if (raw === undefined || raw === '') return fallback;
-  if (!/^\d+$/.test(raw.trim())) throw new Error(`${name}: must be a whole number, got "${raw}"`);
-  const n = Number(raw);
-  if (n < min || n > max) throw new Error(`${name}: must be between ${min} and ${max}, got ${n}`);
-  return n;
-}
-
 function readConfig(): FeedConfig {
-  const all = Object.keys(FEED_SCENARIOS) as FeedScenario[];
-  const raw = process.env.FEEDS_SCENARIOS;
-  const wanted = raw ? raw.split(',').map((s) => s.trim()) : all;
-  const unknown = wanted.filter((s) => !all.includes(s as FeedScenario));
-  if (unknown.length > 0) throw new Error(`FEEDS_SCENARIOS: unknown ${unknown.join(', ')}; known: ${all.join(', ')}`);
-  const targets = (process.env.FEEDS_TARGETS || 'baseline,service').split(',').map((s) => s.trim());
-  const badTarget = targets.filter((t) => t !== 'baseline' && t !== 'service');
-  if (badTarget.length > 0) throw new Error(`FEEDS_TARGETS: unknown ${badTarget.join(', ')}; known: baseline, service`);
   return {
-    scenarios: all.filter((s) => wanted.includes(s)),
-    targets: (['baseline', 'service'] as const).filter((t) => targets.includes(t)),
+    scenarios: listEnv('FEEDS_SCENARIOS', Object.keys(FEED_SCENARIOS) as FeedScenario[]),
+    targets: listEnv('FEEDS_TARGETS', ['baseline', 'service'] as const),
     seconds: intEnv('FEEDS_BENCH_SECONDS', 20, 1, 3600),
     warmupSeconds: intEnv('FEEDS_WARMUP_SECONDS', 10, 0, 600),
     subscribers: intEnv('FEEDS_SUBSCRIBERS', 1000, 1, 100_000),
@@ -95,25 +78,8 @@ function readConfig(): FeedConfig {
   };
 }
 
-function commitOf(): string {
-  try {
-    const sha = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT, encoding: 'utf8' }).trim();
-    const status = ['status', '--porcelain', '--untracked-files=no', '--', '.', ':!bench/results'];
-    const dirty = execFileSync('git', status, { cwd: ROOT, encoding: 'utf8' }).trim() !== '';
-    return dirty ? `${sha} (with uncommitted changes)` : sha;
-  } catch {
-    return 'unknown';
-  }
-}
-
-function commandOf(): string {
-  const knobs = Object.entries(process.env)
-    .filter(([k]) => /^(FEEDS?_|DB_POOL_MAX$|GRPC_MAX_CONCURRENT_STREAMS$)/.test(k))
-    .map(([k, v]) => `${k}=${v}`)
-    .sort();
-  const db = process.env.DATABASE_URL ? ['DATABASE_URL=…'] : [];
-  return [...db, ...knobs, 'npm run bench:feeds'].join(' ');
-}
+/** The knobs the command line of the report shows. */
+const isKnob = (k: string) => /^(FEEDS?_|DB_POOL_MAX$|GRPC_MAX_CONCURRENT_STREAMS$)/.test(k);
 
 /** VmRSS of a process in MB, from /proc/<pid>/status; undefined when unreadable. */
 function rssMb(pid: number | undefined): number | undefined {
@@ -123,18 +89,6 @@ function rssMb(pid: number | undefined): number | undefined {
     return m ? Number(m[1]) / 1024 : undefined;
   } catch {
     return undefined;
-  }
-}
-
-/** CHECKPOINT and ANALYZE before each service scenario, so each starts from a similar state. */
-async function settle(url: string): Promise<void> {
-  const c = new pg.Client({ connectionString: url });
-  await c.connect();
-  try {
-    await c.query('analyze');
-    await c.query('checkpoint');
-  } finally {
-    await c.end();
   }
 }
 
@@ -419,16 +373,7 @@ async function idle(env: Env, target: Target): Promise<IdleOutcome> {
 
 async function main(): Promise<number> {
   const config = readConfig();
-  const cpus = os.cpus();
-  const info: Omit<RunInfo, 'database'> = {
-    startedAt: new Date().toISOString(),
-    command: commandOf(),
-    machine: `${cpus.length} cores (${cpus[0]?.model.trim() ?? 'unknown CPU'}), ${Math.round(os.totalmem() / 2 ** 30)} GiB RAM, ${os.type()} ${os.release()}`,
-    cores: cpus.length,
-    node: process.version,
-    commit: commitOf(),
-    config,
-  };
+  const info = runInfo(config, isKnob, 'npm run bench:feeds');
   log(
     `scenarios ${config.scenarios.join(', ')}; ${config.replicas} replicas; subscribers in ${config.processes} processes; ` +
       `${config.warmupSeconds} s warm-up + ${config.seconds} s per live scenario`,
@@ -475,7 +420,7 @@ async function main(): Promise<number> {
     const env: Env = { config, dbUrl: db.url, scene, services, baselines, samplers };
     for (const scenario of config.scenarios) {
       for (const target of config.targets) {
-        if (stopping) break;
+        if (isStopping()) break;
         try {
           outcomes.push(scenario === 'idle' ? await idle(env, target) : await live(env, scenario, target));
         } catch (err) {
@@ -489,14 +434,9 @@ async function main(): Promise<number> {
     scene.close();
   }
 
-  if (stopping) return 130; // interrupted: no report (the signal handler cleans up and exits)
+  if (isStopping()) return 130; // interrupted: no report (the signal handler cleans up and exits)
   const full: RunInfo = { ...info, database: db.description };
-  const md = markdown(full, outcomes);
-  process.stdout.write(`\n${md}`);
-  mkdirSync(RESULTS, { recursive: true });
-  writeFileSync(path.join(RESULTS, 'feeds-latest.md'), md);
-  writeFileSync(path.join(RESULTS, 'feeds-latest.json'), `${JSON.stringify(json(full, outcomes), null, 2)}\n`);
-  log('wrote bench/results/feeds-latest.md and bench/results/feeds-latest.json');
+  writeReport('feeds-latest', markdown(full, outcomes), json(full, outcomes), log);
   const invalid = outcomes.filter((o) => !isValid(o)).map((o) => `${o.scenario} (${o.target})`);
   if (invalid.length > 0) {
     log(`INVALID (errors, missing or duplicated events, or failed): ${invalid.join(', ')}`);
@@ -505,29 +445,4 @@ async function main(): Promise<number> {
   return 0;
 }
 
-let stopping = false;
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.on(signal, () => {
-    if (stopping) return;
-    stopping = true;
-    log(`${signal}: stopping everything`);
-    killSubscribers();
-    void cleanup().finally(() => process.exit(130));
-  });
-}
-
-main().then(
-  async (code) => {
-    if (stopping) return;
-    killSubscribers();
-    await cleanup();
-    process.exit(code);
-  },
-  async (err: unknown) => {
-    if (stopping) return;
-    log(`failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
-    killSubscribers();
-    await cleanup();
-    process.exit(2);
-  },
-);
+runMain(main, log, killSubscribers);

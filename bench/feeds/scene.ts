@@ -11,22 +11,12 @@
 import { randomBytes } from 'node:crypto';
 import { Client, credentials, type ServiceError } from '@grpc/grpc-js';
 import { MessageServiceService, type SendMessageResponse } from '../../gen/comms/v1/message.js';
-import { ParticipantRole, ThreadServiceClient } from '../../gen/comms/v1/thread.js';
+import { ThreadServiceClient } from '../../gen/comms/v1/thread.js';
 import type { Role } from '../../src/domain/actor.js';
-import { signDevToken } from '../../src/infra/auth/dev-token.js';
-import { DEV_JWT_SECRET } from '../../src/infra/config/config.js';
-import { bearer, call, codeName } from '../protocol.js';
+import { mapLimit } from '../common.js';
+import { bearer, codeName, describeError } from '../protocol.js';
+import { createThread, devUser, SETUP_CONCURRENCY, type User } from '../scenarios.js';
 import { epochNow, feedBody, paced } from './protocol.js';
-
-/** Tokens outlive any run. */
-const TOKEN_TTL_SECONDS = 12 * 3600;
-/** Concurrency of the setup traffic. */
-const SETUP_CONCURRENCY = 16;
-
-export interface User {
-  readonly userId: string;
-  readonly token: string;
-}
 
 export interface SpreadThread {
   readonly threadId: string;
@@ -34,25 +24,6 @@ export interface SpreadThread {
   readonly sender: User;
   /** The patient who takes part in it and watches it. */
   readonly watcher: User;
-}
-
-/** Runs `fn` over `items` with at most `limit` at a time; the first failure rejects. */
-export async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T, i: number) => Promise<R>) {
-  const out: R[] = new Array<R>(items.length);
-  let next = 0;
-  const lane = async () => {
-    while (next < items.length) {
-      const i = next++;
-      out[i] = await fn(items[i]!, i);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, lane));
-  return out;
-}
-
-function describe(err: unknown): string {
-  const e = err as Partial<ServiceError>;
-  return `${codeName(err)}: ${e.details || e.message || String(err)}`;
 }
 
 export class FeedScene {
@@ -73,36 +44,14 @@ export class FeedScene {
   }
 
   user(userId: string, role: Role): Promise<User> {
-    return signDevToken(DEV_JWT_SECRET, {
-      sub: userId,
-      tenant: this.tenant,
-      roles: [role],
-      issuer: 'comms-dev',
-      audience: 'comms',
-      ttlSeconds: TOKEN_TTL_SECONDS,
-    }).then((token) => ({ userId, token }));
+    return devUser(this.tenant, userId, role);
   }
 
   async #createThread(creator: User, subject: string, participants: readonly User[]): Promise<string> {
     try {
-      const res = await call(
-        this.#threads,
-        this.#threads.createThread,
-        {
-          subject,
-          participants: participants.map((u) => ({
-            userId: u.userId,
-            role: ParticipantRole.PARTICIPANT_ROLE_PATIENT,
-            addedAt: undefined,
-            addedBy: '',
-          })),
-          requestId: '',
-        },
-        bearer(creator.token),
-      );
-      return res.thread!.threadId;
+      return await createThread(this.#threads, creator, subject, participants);
     } catch (err) {
-      throw new Error(`setup: CreateThread failed: ${describe(err)}`);
+      throw new Error(`setup: CreateThread failed: ${describeError(err)}`);
     }
   }
 

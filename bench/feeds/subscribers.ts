@@ -6,7 +6,7 @@
  */
 import { type ChildProcess, fork } from 'node:child_process';
 import path from 'node:path';
-import { profileArgs } from '../loadgen.js';
+import { exited, profileArgs } from '../loadgen.js';
 import type { FromSubscriber, StreamPlan, SubscriberResult, SubscriberTask, ToSubscriber } from './protocol.js';
 
 const SUBSCRIBER = path.join(import.meta.dirname, 'subscriber.js');
@@ -126,34 +126,30 @@ export class Subscribers {
     for (const { child } of this.#children) child.send({ type: 'window', ...window } satisfies ToSubscriber);
   }
 
+  /** Sends `request` to every process and waits for each one's `answer`, at most `ms`. */
+  #ask<K extends Kind>(
+    request: ToSubscriber,
+    answer: K,
+    ms: number,
+    what: string,
+  ): Promise<Extract<FromSubscriber, { type: K }>[]> {
+    const answers = this.#children.map(({ child, inbox }) => {
+      child.send(request);
+      return inbox.expect(answer);
+    });
+    return within(Promise.all(answers), ms, what);
+  }
+
   /** Bench messages received so far, over all processes. */
   async progress(): Promise<number> {
-    const answers = await within(
-      Promise.all(
-        this.#children.map(({ child, inbox }) => {
-          child.send({ type: 'progress' } satisfies ToSubscriber);
-          return inbox.expect('progress');
-        }),
-      ),
-      30_000,
-      'progress',
-    );
+    const answers = await this.#ask({ type: 'progress' }, 'progress', 30_000, 'progress');
     return answers.reduce((n, a) => n + a.messages, 0);
   }
 
   /** Cancels every stream; what each process recorded. The processes exit by themselves. */
   async close(): Promise<SubscriberResult[]> {
     try {
-      const answers = await within(
-        Promise.all(
-          this.#children.map(({ child, inbox }) => {
-            child.send({ type: 'close' } satisfies ToSubscriber);
-            return inbox.expect('result');
-          }),
-        ),
-        60_000,
-        'closing the streams',
-      );
+      const answers = await this.#ask({ type: 'close' }, 'result', 60_000, 'closing the streams');
       return answers.map((a) => a.result);
     } finally {
       await Promise.all(this.#children.map(({ child }) => exited(child, 5000)));
@@ -163,16 +159,4 @@ export class Subscribers {
   kill(): void {
     for (const { child } of this.#children) if (child.exitCode === null) child.kill('SIGKILL');
   }
-}
-
-/** Resolves when `child` has exited; SIGKILLs it if it has not after `ms`. */
-function exited(child: ChildProcess, ms: number): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
-  return new Promise((resolve) => {
-    const timer = setTimeout(() => child.kill('SIGKILL'), ms);
-    child.once('exit', () => {
-      clearTimeout(timer);
-      resolve();
-    });
-  });
 }
