@@ -78,7 +78,8 @@ class Recorder {
 
   #seq(token: string): number | undefined {
     try {
-      return decodeResumeToken(token, this.#stream);
+      const seq = decodeResumeToken(token, this.#stream, /^\d{1,15}$/);
+      return seq === undefined ? undefined : Number(seq);
     } catch {
       return undefined;
     }

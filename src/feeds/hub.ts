@@ -2,9 +2,9 @@ import type { EntityManager, MikroORM } from '@mikro-orm/postgresql';
 import { type FeedEvent, FeedRepository } from '../domain/feed/feed.repository.js';
 import type { Logger } from '../infra/log/logger.js';
 
-/** An event read from the log, with the part of its rendering every subscriber shares (or undefined). */
-export interface Prepared<S> {
-  readonly event: FeedEvent;
+/** An event read from the log, with the part of its rendering every subscriber shares. */
+export interface Prepared<S, E = FeedEvent> {
+  readonly event: E;
   readonly shared: S;
 }
 
@@ -19,12 +19,12 @@ export interface HubOptions {
 }
 
 /**
- * The process's live-feed fan-out. Subscribers of the same stream on this replica share one Tail, which
- * reads each new event from the log once (when the listener reports a commit to its stream), prepares
- * it once, and keeps the latest few in memory. Every subscriber pulls by its own cursor: from the tail's
- * cache when it covers the cursor, otherwise straight from the log. Since sequence numbers are gapless
- * and in commit order, pulling by cursor can neither skip nor repeat an event, whatever the timing of
- * notifications, reconnects or resumes.
+ * The process's live-feed fan-out. Subscribers of the same stream on this replica share one Tail. For a
+ * sequence-numbered stream (threads, sessions) the tail reads each new event from the log once (when
+ * the listener reports a commit to its stream), prepares it once, and keeps the latest few in memory;
+ * for an inbox it only wakes its subscribers, which read their own log. Every subscriber pulls by its own
+ * cursor: from the tail's cache when it covers the cursor, otherwise straight from the log, so pulling
+ * can neither skip nor repeat an event, whatever the timing of notifications, reconnects or resumes.
  */
 export class FeedHub {
   readonly #tails = new Map<string, Tail<unknown>>();
@@ -37,14 +37,14 @@ export class FeedHub {
   ) {}
 
   /** Registers a subscriber of a stream; call `leave()` when done. */
-  join<S>(tenantId: string, stream: string, prepare: Prepare<S>): Subscription<S> {
+  join<S>(tenantId: string, stream: string): Subscription<S> {
     const key = `${tenantId} ${stream}`;
     let tail = this.#tails.get(key) as Tail<S> | undefined;
     if (!tail) {
-      tail = new Tail<S>(this, tenantId, stream, prepare, () => this.#tails.delete(key));
+      tail = new Tail<S>(this, tenantId, stream, () => this.#tails.delete(key));
       this.#tails.set(key, tail as Tail<unknown>);
     }
-    const sub = new Subscription(tail, this.#closing);
+    const sub = new Subscription<S>(tail, this.#closing);
     tail.subscribers.add(sub);
     return sub;
   }
@@ -97,24 +97,39 @@ export class Tail<S> {
   #loaded: number | undefined;
   #dirty = false;
   #running = false;
+  #prepare: Prepare<S> | undefined;
+  /** An inbox: no shared reads, wake-ups only. */
+  #wakeOnly = false;
 
   constructor(
     private readonly hub: FeedHub,
     readonly tenantId: string,
     readonly stream: string,
-    readonly prepare: Prepare<S>,
     private readonly drop: () => void,
   ) {}
 
-  /** The stream's head as a subscriber read it after joining: everything after it is the tail's to read. */
-  start(head: number): void {
+  /**
+   * A sequence-numbered stream's head as a subscriber read it after joining: everything after it is the
+   * tail's to read and prepare with `prepare`.
+   */
+  start(head: number, prepare: Prepare<S>): void {
     if (this.#loaded !== undefined) return;
+    this.#prepare = prepare;
     this.#loaded = head;
     if (this.#dirty) this.wake();
   }
 
+  /** A stream whose subscribers read the log themselves: the tail only wakes them. */
+  startWakeOnly(): void {
+    this.#wakeOnly = true;
+  }
+
   /** A commit touched the stream: read what is new (once, however many subscribers). */
   wake(): void {
+    if (this.#wakeOnly) {
+      for (const sub of this.subscribers) sub.notify();
+      return;
+    }
     this.#dirty = true;
     if (this.#loaded === undefined || this.#running) return;
     void this.#refresh();
@@ -145,7 +160,7 @@ export class Tail<S> {
         const em = this.hub.fork();
         const events = await new FeedRepository(em).after(this.tenantId, this.stream, this.#loaded!, pageSize);
         if (events.length === 0) continue;
-        const prepared = await this.prepare(em, this.tenantId, events);
+        const prepared = await this.#prepare!(em, this.tenantId, events);
         if (events[0]!.seq !== this.#loaded! + 1) this.#cache = []; // pruned past us: keep the cache contiguous
         this.#cache.push(...prepared);
         if (this.#cache.length > cacheEvents) this.#cache.splice(0, this.#cache.length - cacheEvents);

@@ -1,25 +1,16 @@
-import type { EntityManager } from '@mikro-orm/postgresql';
 import type { Actor } from '../domain/actor.js';
 import type { Db } from '../domain/db.js';
-import { type FeedEvent, streams } from '../domain/feed/feed.repository.js';
+import { type InboxEvent, type InboxPosition, streams } from '../domain/feed/feed.repository.js';
 import type { ThreadView } from '../domain/thread/thread.entity.js';
 import type { ThreadService } from '../domain/thread/thread.service.js';
-import type { FeedHub, Prepared } from './hub.js';
+import type { FeedHub } from './hub.js';
+import { inboxLog } from './logs.js';
 import { type FeedOutput, watch } from './watch.js';
 
 /** What an inbox feed delivers: a thread as the caller's inbox shows it now, or that it left the inbox. */
 export type InboxFeedItem =
   | { readonly kind: 'thread_updated'; readonly thread: ThreadView }
   | { readonly kind: 'thread_removed'; readonly threadId: string };
-
-/** Inbox events are rendered per subscriber (read state is the caller's); nothing is shared. */
-async function prepare(
-  _em: EntityManager,
-  _tenantId: string,
-  events: readonly FeedEvent[],
-): Promise<Prepared<undefined>[]> {
-  return events.map((event) => ({ event, shared: undefined }));
-}
 
 /**
  * WatchInbox: the caller's threads as they change. Each event delivers the thread's summary as it is
@@ -33,21 +24,22 @@ export function watchInbox(
   db: Db & { readonly signal: AbortSignal; readonly expiresAt: Date },
   input: { resumeToken: string; heartbeatMs: number },
 ): AsyncIterable<FeedOutput<InboxFeedItem>> {
-  return watch<undefined, InboxFeedItem>({
+  const stream = streams.inbox(actor.userId);
+  return watch<undefined, InboxEvent, InboxPosition, InboxFeedItem>({
     hub,
     tenantId: actor.tenantId,
-    stream: streams.inbox(actor.userId),
+    stream,
+    log: (sub) => inboxLog(hub, actor.tenantId, actor.userId, stream, sub),
     resumeToken: input.resumeToken,
-    prepare,
     present: async (em, batch) => {
-      const ids = [...new Set(batch.map((p) => p.event.aggregateId))];
+      const ids = [...new Set(batch.map((p) => p.event.threadId))];
       const views = await threads.inboxViews(actor, { ...db, em: em() }, ids);
       return batch.map(({ event }) => {
-        const thread = views.get(event.aggregateId);
+        const thread = views.get(event.threadId);
         return {
           item: thread
             ? { kind: 'thread_updated' as const, thread }
-            : { kind: 'thread_removed' as const, threadId: event.aggregateId },
+            : { kind: 'thread_removed' as const, threadId: event.threadId },
         };
       });
     },

@@ -14,6 +14,7 @@ import { threadPermissions } from '../domain/thread/thread.policy.js';
 import { fromSnapshot } from '../domain/thread/thread.snapshot.js';
 import type { ThreadService } from '../domain/thread/thread.service.js';
 import type { FeedHub, Prepared } from './hub.js';
+import { seqLog } from './logs.js';
 import { type FeedOutput, watch } from './watch.js';
 
 /** What a thread feed delivers. */
@@ -74,12 +75,13 @@ export async function watchThread(
   // Refuses an invalid id, an unknown or invisible thread before anything streams.
   const { thread } = await threads.get(actor, db, input.threadId);
   const threadId = thread.threadId;
-  return watch<Shared, ThreadFeedItem>({
+  const stream = streams.thread(threadId);
+  return watch<Shared, FeedEvent, number, ThreadFeedItem>({
     hub,
     tenantId: actor.tenantId,
-    stream: streams.thread(threadId),
+    stream,
+    log: (sub) => seqLog(hub, actor.tenantId, stream, prepare, sub),
     resumeToken: input.resumeToken,
-    prepare,
     present: async (em, batch) => {
       const out = [];
       for (const { event, shared } of batch) {

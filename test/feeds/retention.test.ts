@@ -18,17 +18,19 @@ import { send, sendMany } from '../support/messages.js';
 import { db } from '../support/threads.js';
 import { waitFor } from '../support/wait.js';
 
-/** A tenant's feed events left in the log, and its streams' heads and prune marks. */
+/** A tenant's feed events left in the logs (thread and inbox), and its thread streams' heads and prune marks. */
 async function stored(tenantId: string) {
-  const events = await db().query<{ n: number }>('select count(*)::int as n from feed_event where tenant_id = $1', [
-    tenantId,
-  ]);
+  const events = await db().query<{ n: number }>(
+    `select (select count(*) from feed_event where tenant_id = $1)
+          + (select count(*) from inbox_event where tenant_id = $1) as n`,
+    [tenantId],
+  );
   const streams = await db().query<{ stream: string; head: string; pruned_through: string }>(
     'select stream, head, pruned_through from feed_stream where tenant_id = $1 order by stream',
     [tenantId],
   );
   return {
-    events: events.rows[0]!.n,
+    events: Number(events.rows[0]!.n),
     streams: streams.rows.map((r) => ({
       stream: r.stream,
       head: Number(r.head),

@@ -12,6 +12,7 @@ import {
   expectFieldViolations,
   participant,
   sameSubjectIn,
+  db,
 } from '../support/threads.js';
 
 /** One inbox event, reduced to what the tests compare. */
@@ -331,5 +332,35 @@ describe('FeedService.WatchInbox', () => {
       expectFieldViolations(err, ['resume_token']);
       expect(s.responses, `${what}: nothing streamed`).to.deep.equal([]);
     }
+  });
+  it('never skips an inbox event whose transaction commits late: it waits for it, then delivers both', async () => {
+    const { provider, patient, thread } = await twoPartyThread(c.threads);
+    const other = await createThread(c.threads, provider, {
+      participants: [participant(patient.userId, ParticipantRole.PARTICIPANT_ROLE_PATIENT)],
+    });
+    const inbox = c.watchInbox(patient.md);
+    await inbox.caughtUp();
+    // A writer that appends to the patient's inbox and stays open (its transaction id is the older one).
+    const late = await db().connect();
+    try {
+      await late.query('begin');
+      await late.query(`select comms_feed_append($1, $2::jsonb, now())`, [
+        provider.tenantId,
+        JSON.stringify([{ stream: `u:${patient.userId}`, kind: 'thread_updated', aggregate_id: other.threadId }]),
+      ]);
+      // A later transaction commits first.
+      await send(c.messages, provider, thread.threadId, 'committed first');
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      expect(inbox.events, 'held back while an older transaction runs').to.have.length(0);
+      await late.query('commit');
+    } finally {
+      late.release();
+    }
+    await inbox.eventCount(2);
+    // Both arrive, in transaction order: the late one first.
+    expect(summaries(inbox).map((x) => x.threadId)).to.deep.equal([other.threadId, thread.threadId]);
+    const resumed = c.watchInbox(patient.md, inbox.events[0]!.resumeToken);
+    await resumed.caughtUp();
+    expect(summaries(resumed).map((x) => x.threadId)).to.deep.equal([thread.threadId]);
   });
 });

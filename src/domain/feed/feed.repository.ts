@@ -42,6 +42,30 @@ export interface StreamHead {
   readonly prunedThrough: number;
 }
 
+/**
+ * A position in an inbox: (transaction id, thread id) as one string that sorts like the pair
+ * (`<xid, 20 digits>:<uuid>`).
+ */
+export type InboxPosition = string;
+
+const NO_THREAD = '00000000-0000-0000-0000-000000000000';
+
+export function inboxPosition(xid: string, threadId = NO_THREAD): InboxPosition {
+  return `${xid.padStart(20, '0')}:${threadId}`;
+}
+
+function inboxParts(position: InboxPosition): [string, string] {
+  const at = position.indexOf(':');
+  return [String(BigInt(position.slice(0, at))), position.slice(at + 1)];
+}
+
+/** One inbox event: the thread changed for that user (in some transaction, committed). */
+export interface InboxEvent {
+  readonly position: InboxPosition;
+  readonly threadId: string;
+  readonly occurredAt: Date;
+}
+
 /** Stream keys: one feed per thread, per user's inbox, per virtual session. */
 export const streams = {
   thread: (threadId: string) => `t:${threadId}`,
@@ -122,6 +146,66 @@ export class FeedRepository {
       snapshot: (r.snapshot as ThreadSnapshot | null) ?? null,
       occurredAt: sqlDate(r.occurred_at),
     }));
+  }
+
+  /**
+   * Where an inbox's readable log ends now (every transaction before the oldest one still running has
+   * ended), how far it was pruned, and the next transaction id (no valid position lies beyond it).
+   */
+  async inboxFrontier(
+    tenantId: string,
+    userId: string,
+  ): Promise<{ frontier: InboxPosition; pruned: InboxPosition | undefined; nextXid: bigint }> {
+    const rows: Record<string, unknown>[] = await this.em.execute(
+      `select pg_snapshot_xmin(s)::text as xmin, pg_snapshot_xmax(s)::text as xmax, p.xid::text as pruned_xid,
+              p.thread_id as pruned_thread
+         from pg_current_snapshot() s
+         left join inbox_pruned p on p.tenant_id = ? and p.user_id = ?`,
+      [tenantId, userId],
+    );
+    const r = rows[0]!;
+    return {
+      frontier: inboxPosition(r.xmin as string),
+      pruned: r.pruned_xid === null ? undefined : inboxPosition(r.pruned_xid as string, r.pruned_thread as string),
+      nextXid: BigInt(r.xmax as string),
+    };
+  }
+
+  /**
+   * Up to `limit` inbox events after `after` that are final (their transaction and every older one have
+   * ended), in position order; `pending` when committed events exist after them that are not final yet
+   * (an older transaction is still running: read again shortly).
+   */
+  async inboxAfter(
+    tenantId: string,
+    userId: string,
+    after: InboxPosition,
+    limit: number,
+  ): Promise<{ events: InboxEvent[]; pending: boolean }> {
+    const [xid, thread] = inboxParts(after);
+    const rows: Record<string, unknown>[] = await this.em.execute(
+      `select e.xid::text as xid, e.thread_id, e.occurred_at,
+              exists (select 1 from inbox_event p
+                       where p.tenant_id = ? and p.user_id = ? and (p.xid, p.thread_id) > (?::xid8, ?::uuid)
+                         and p.xid >= x.xmin) as pending
+         from (select pg_snapshot_xmin(pg_current_snapshot()) as xmin) x
+         left join lateral (
+           select i.xid, i.thread_id, i.occurred_at from inbox_event i
+            where i.tenant_id = ? and i.user_id = ? and (i.xid, i.thread_id) > (?::xid8, ?::uuid) and i.xid < x.xmin
+            order by i.xid, i.thread_id limit ?
+         ) e on true`,
+      [tenantId, userId, xid, thread, tenantId, userId, xid, thread, limit],
+    );
+    return {
+      events: rows
+        .filter((r) => r.xid !== null)
+        .map((r) => ({
+          position: inboxPosition(r.xid as string, r.thread_id as string),
+          threadId: r.thread_id as string,
+          occurredAt: sqlDate(r.occurred_at),
+        })),
+      pending: rows[0]?.pending === true,
+    };
   }
 
   /** Deletes up to `limit` events that occurred before `before` (optionally of one tenant); returns how many. */

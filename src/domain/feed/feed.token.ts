@@ -1,21 +1,24 @@
 import { InvalidArgument } from '../errors.js';
 
 /**
- * Resume tokens: opaque to clients, base64url of `f1|<stream>|<seq>`. A token names the stream it was
- * issued for, so it cannot be replayed against another thread's or user's feed. Not a security
+ * Resume tokens: opaque to clients, base64url of `f1|<stream>|<position>`. A token names the stream it
+ * was issued for, so it cannot be replayed against another thread's or user's feed. Not a security
  * boundary: every subscription checks access again.
  */
-export function encodeResumeToken(stream: string, seq: number): string {
-  return Buffer.from(`f1|${stream}|${seq}`, 'utf8').toString('base64url');
+export function encodeResumeToken(stream: string, position: string | number): string {
+  return Buffer.from(`f1|${stream}|${position}`, 'utf8').toString('base64url');
 }
 
-/** The position a token names in `stream`, or INVALID_ARGUMENT on `resume_token`. Empty → undefined. */
-export function decodeResumeToken(token: string, stream: string): number | undefined {
+/**
+ * The position a token names in `stream`, as text matching `pattern` (the whole position), or
+ * INVALID_ARGUMENT on `resume_token`. Empty → undefined.
+ */
+export function decodeResumeToken(token: string, stream: string, pattern: RegExp): string | undefined {
   if (token === '') return undefined;
   const bad = (why: string) => new InvalidArgument([{ field: 'resume_token', description: why }]);
   if (token.length > 400 || !/^[A-Za-z0-9_-]+$/.test(token)) throw bad('is not a resume token');
-  const match = /^f1\|(.+)\|(\d{1,15})$/s.exec(Buffer.from(token, 'base64url').toString('utf8'));
-  if (!match) throw bad('is not a resume token');
+  const match = /^f1\|(.+)\|([^|]+)$/s.exec(Buffer.from(token, 'base64url').toString('utf8'));
+  if (!match || !pattern.test(match[2]!)) throw bad('is not a resume token');
   if (match[1] !== stream) throw bad('belongs to another feed');
-  return Number(match[2]);
+  return match[2];
 }

@@ -5,19 +5,29 @@ import { MARK_SQL, SEND_MESSAGE_SQL } from './Migration20261129040000_write_func
  * The live-feed event log (issue 5). Every feed is a stream of events keyed by (tenant_id, stream):
  * `t:<thread_id>` (WatchThread), `u:<user_id>` (WatchInbox), `s:<session_id>` (WatchSession).
  *
- * Order without gaps: `feed_stream.head` is the stream's last sequence number. An append increments it
- * with an upsert, which takes the head row's lock until commit, so the next append to that stream waits
- * and gets the next number. Sequence order is therefore commit order, and a reader that sees event n
- * also sees every event before it: a transaction that commits late cannot be skipped. Appends lock
- * heads in stream-key order and as the last thing their transaction does, so they cannot deadlock with
- * each other or with the thread lock a send holds.
+ * Thread and session streams (`feed_event`), order without gaps: `feed_stream.head` is the stream's last
+ * sequence number. An append increments it with an upsert, which takes the head row's lock until commit,
+ * so the next append to that stream waits and gets the next number. Sequence order is therefore commit
+ * order, and a reader that sees event n also sees every event before it: a transaction that commits late
+ * cannot be skipped. Appends lock heads in stream-key order and as the last thing their transaction does,
+ * so they cannot deadlock with each other or with the thread lock a send holds. A thread's sends already
+ * serialise on the thread row, so its head costs them no concurrency.
+ *
+ * Inbox streams (`inbox_event`), a commit-visibility rule instead: one user takes part in many threads,
+ * and a head per user would serialise every send to any of them. An inbox event is stamped with its
+ * transaction id (`xid8`), and readers take only events whose xid is below the oldest transaction still
+ * running (`pg_snapshot_xmin(pg_current_snapshot())`): every such transaction has ended, so nothing can
+ * later appear below that line. Position = (xid, thread_id); order within an inbox does not matter
+ * because an inbox event only says "this thread changed" (the feed shows the thread as it is when
+ * delivered), but completeness does, and the line guarantees it.
  *
  * Events hold ids, never content; the feed reads the message or receipts when it delivers. A
  * thread_changed event keeps the thread's metadata after the change (`snapshot`: subject, state,
  * participants, escalation; never message bodies), so a replay shows each change as it was.
  * After committing, `pg_notify('comms_feed', '<tenant> <stream>')` wakes every replica's listener.
  * `comms_feed_prune` deletes events past the retention period and records per stream how far it
- * deleted (`pruned_through`): a resume token before that answers RESYNC_REQUIRED.
+ * deleted (`feed_stream.pruned_through`, `inbox_pruned`): a resume token before that answers
+ * RESYNC_REQUIRED.
  */
 export class Migration20261129060000_feed extends Migration {
   override name = 'Migration20261129060000_feed';
@@ -49,6 +59,25 @@ export class Migration20261129060000_feed extends Migration {
         primary key (tenant_id, stream, seq),
         foreign key (tenant_id, stream) references feed_stream (tenant_id, stream)
       )`);
+    this.addSql(`
+      create table inbox_event (
+        tenant_id   text        not null,
+        user_id     text        not null,
+        xid         xid8        not null default pg_current_xact_id(),
+        thread_id   uuid        not null,
+        occurred_at timestamptz not null,
+        primary key (tenant_id, user_id, xid, thread_id)
+      )`);
+    this.addSql('create index inbox_event_by_time on inbox_event using brin (occurred_at)');
+    // The last position (xid, thread_id) of an inbox that pruning deleted.
+    this.addSql(`
+      create table inbox_pruned (
+        tenant_id text not null,
+        user_id   text not null,
+        xid       xid8 not null,
+        thread_id uuid not null,
+        primary key (tenant_id, user_id)
+      )`);
     // Pruning finds old events by time; rows arrive in time order, so a BRIN index costs almost nothing.
     this.addSql('create index feed_event_by_time on feed_event using brin (occurred_at)');
     this.addSql(`
@@ -73,9 +102,15 @@ export class Migration20261129060000_feed extends Migration {
                                                user_id text, message_ids uuid[], snapshot jsonb)
         ), heads as (
           insert into feed_stream as f (tenant_id, stream, head)
-          select p_tenant, i.stream, count(*) from input i group by i.stream order by i.stream
+          select p_tenant, i.stream, count(*) from input i where i.stream !~ '^u:'
+           group by i.stream order by i.stream
           on conflict on constraint feed_stream_pkey do update set head = f.head + excluded.head
           returning f.stream, f.head
+        ), inbox as (
+          -- One row per (inbox, thread) and transaction: the inbox shows the thread as it is anyway.
+          insert into inbox_event (tenant_id, user_id, thread_id, occurred_at)
+          select distinct p_tenant, substr(i.stream, 3), i.aggregate_id, p_at from input i where i.stream ~ '^u:'
+          on conflict do nothing
         )
         insert into feed_event (tenant_id, stream, seq, kind, aggregate_id, message_id, user_id, message_ids,
                                 snapshot, occurred_at)
@@ -88,15 +123,17 @@ export class Migration20261129060000_feed extends Migration {
            from (select distinct e->>'stream' as stream from jsonb_array_elements(p_events) e) s;
       end $$`);
 
-    // The inbox events of a change to a thread: one per participant.
+    // The inbox events of a change to a thread: one per participant. PL/pgSQL, not SQL, so its plan is
+    // cached per connection (a SQL function with a FROM clause is planned on every call).
     this.addSql(`
       create function comms_thread_inbox_events(p_tenant text, p_thread uuid) returns jsonb
-      language sql stable as $$
-        select coalesce(jsonb_agg(jsonb_build_object('stream', 'u:' || p.user_id, 'kind', 'thread_updated',
-                                                     'aggregate_id', p_thread)), '[]')
-          from thread_participant p
-         where p.tenant_id = p_tenant and p.thread_id = p_thread
-      $$`);
+      language plpgsql stable as $$
+      begin
+        return (select coalesce(jsonb_agg(jsonb_build_object('stream', 'u:' || p.user_id, 'kind', 'thread_updated',
+                                                             'aggregate_id', p_thread)), '[]')
+                  from thread_participant p
+                 where p.tenant_id = p_tenant and p.thread_id = p_thread);
+      end $$`);
 
     this.addSql(`
       create function comms_feed_prune(p_before timestamptz, p_limit integer, p_tenant text default null)
@@ -119,6 +156,22 @@ export class Migration20261129060000_feed extends Migration {
           returning 1
         )
         select count(*) into n from gone;
+        with gone as (
+          delete from inbox_event e
+           where e.ctid in (select x.ctid from inbox_event x
+                             where x.occurred_at < p_before and (p_tenant is null or x.tenant_id = p_tenant)
+                             limit p_limit)
+          returning e.tenant_id, e.user_id, e.xid, e.thread_id
+        ), marks as (
+          select distinct on (g.tenant_id, g.user_id) g.tenant_id, g.user_id, g.xid, g.thread_id
+            from gone g order by g.tenant_id, g.user_id, g.xid desc, g.thread_id desc
+        ), moved as (
+          insert into inbox_pruned as p (tenant_id, user_id, xid, thread_id) select * from marks
+          on conflict on constraint inbox_pruned_pkey do update set xid = excluded.xid, thread_id = excluded.thread_id
+            where (excluded.xid, excluded.thread_id) > (p.xid, p.thread_id)
+          returning 1
+        )
+        select n + count(*) into n from gone;
         return n;
       end $$`);
 
@@ -131,6 +184,8 @@ export class Migration20261129060000_feed extends Migration {
     this.addSql(SEND_MESSAGE_SQL);
     this.addSql(MARK_SQL);
     this.addSql('drop function comms_feed_prune, comms_thread_inbox_events, comms_feed_append');
+    this.addSql('drop table inbox_pruned');
+    this.addSql('drop table inbox_event');
     this.addSql('drop table feed_event');
     this.addSql('drop function comms_refuse_feed_event_update');
     this.addSql('drop table feed_stream');
