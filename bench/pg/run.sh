@@ -1,6 +1,7 @@
 #!/bin/sh
-# PostgreSQL alone, without gRPC or Node: pgbench runs the baseline's INSERT, the bare message insert and
-# the whole send function on a fresh, migrated database. Usage (PostgreSQL client tools on PATH):
+# PostgreSQL alone, without gRPC or Node: pgbench runs the baseline's INSERT, the bare message insert, the
+# send function before the feed event log and the whole send function on a fresh, migrated database.
+# Usage (PostgreSQL client tools on PATH):
 #   DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres sh bench/pg/run.sh
 set -eu
 cd "$(dirname "$0")/../.."
@@ -21,7 +22,12 @@ insert into thread_participant
   select 'pb', ('01900000-0000-7000-8000-' || lpad(to_hex(g), 12, '0'))::uuid, 'a', 'provider', now(), 'a'
     from generate_series(1, 256) g;
 SQL
-for script in insert message-insert send; do
+# The send function as it was before the feed event log (migration 20261129040000's text, renamed), to
+# show what the log and its NOTIFY cost a send.
+node -e 'import("./dist/src/infra/db/migrations/Migration20261129040000_write_functions.js").then((m) =>
+  process.stdout.write(m.SEND_MESSAGE_SQL.replace("function comms_send_message(", "function comms_send_message_before_feeds(")))' |
+  psql "$url" -q
+for script in insert message-insert send-before-feeds send; do
   tps=$(pgbench -n -c "${PGBENCH_CLIENTS:-16}" -j 2 -T "${PGBENCH_SECONDS:-10}" -f "bench/pg/$script.sql" "$url" 2>&1 |
     sed -n 's/^tps = \([0-9.]*\).*/\1/p')
   echo "$script: $tps transactions/s"

@@ -68,12 +68,13 @@ export function inboxLog(
       return { cursor: start ?? frontier, end: frontier };
     },
     async read(after) {
-      const { events, pending } = await new FeedRepository(hub.fork()).inboxAfter(
+      const { events, pending, pruned } = await new FeedRepository(hub.fork()).inboxAfter(
         tenantId,
         userId,
         after,
         hub.opts.pageSize,
       );
+      if (pruned) throw new ResyncRequired('events after the token were pruned');
       return { batch: events.map((event): Prepared<undefined, InboxEvent> => ({ event, shared: undefined })), pending };
     },
     cached: () => undefined,

@@ -174,27 +174,30 @@ export class FeedRepository {
   /**
    * Up to `limit` inbox events after `after` that are final (their transaction and every older one have
    * ended), in position order; `pending` when committed events exist after them that are not final yet
-   * (an older transaction is still running: read again shortly).
+   * (an older transaction is still running: read again shortly); `pruned`: true when retention deleted
+   * events after `after`.
    */
   async inboxAfter(
     tenantId: string,
     userId: string,
     after: InboxPosition,
     limit: number,
-  ): Promise<{ events: InboxEvent[]; pending: boolean }> {
+  ): Promise<{ events: InboxEvent[]; pending: boolean; pruned: boolean }> {
     const [xid, thread] = inboxParts(after);
     const rows: Record<string, unknown>[] = await this.em.execute(
       `select e.xid::text as xid, e.thread_id, e.occurred_at,
               exists (select 1 from inbox_event p
                        where p.tenant_id = ? and p.user_id = ? and (p.xid, p.thread_id) > (?::xid8, ?::uuid)
-                         and p.xid >= x.xmin) as pending
+                         and p.xid >= x.xmin) as pending,
+              exists (select 1 from inbox_pruned d
+                       where d.tenant_id = ? and d.user_id = ? and (d.xid, d.thread_id) > (?::xid8, ?::uuid)) as pruned
          from (select pg_snapshot_xmin(pg_current_snapshot()) as xmin) x
          left join lateral (
            select i.xid, i.thread_id, i.occurred_at from inbox_event i
             where i.tenant_id = ? and i.user_id = ? and (i.xid, i.thread_id) > (?::xid8, ?::uuid) and i.xid < x.xmin
             order by i.xid, i.thread_id limit ?
          ) e on true`,
-      [tenantId, userId, xid, thread, tenantId, userId, xid, thread, limit],
+      [tenantId, userId, xid, thread, tenantId, userId, xid, thread, tenantId, userId, xid, thread, limit],
     );
     return {
       events: rows
@@ -205,6 +208,7 @@ export class FeedRepository {
           occurredAt: sqlDate(r.occurred_at),
         })),
       pending: rows[0]?.pending === true,
+      pruned: rows[0]?.pruned === true,
     };
   }
 
