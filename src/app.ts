@@ -108,7 +108,7 @@ export async function startApp(config: Config, opts: { clock?: Clock; log?: Logg
     void (async () => {
       const before = new Date(clock.now().getTime() - config.feed.retentionHours * 3_600_000);
       const repo = new FeedRepository(orm.em.fork());
-      while ((await repo.prune(before, 5000)) === 5000 && !draining);
+      while ((await repo.prune(before, 5000)) >= 5000 && !draining);
     })()
       .catch((err: unknown) => log.warn({ err: String(err) }, 'feed prune failed'))
       .finally(() => (pruning = false));

@@ -33,7 +33,11 @@ export function watchInbox(
     resumeToken: input.resumeToken,
     present: async (em, batch) => {
       const ids = [...new Set(batch.map((p) => p.event.threadId))];
-      const views = await threads.inboxViews(actor, { ...db, em: em() }, ids);
+      const views = await threads.inboxViews(
+        actor,
+        { em: em(), deadline: db.deadline, statementTimeoutMs: db.statementTimeoutMs },
+        ids,
+      );
       return batch.map(({ event }) => {
         const thread = views.get(event.threadId);
         return {

@@ -73,8 +73,7 @@ export async function watchThread(
   input: { threadId: string; resumeToken: string; heartbeatMs: number },
 ): Promise<AsyncIterable<FeedOutput<ThreadFeedItem>>> {
   // Refuses an invalid id, an unknown or invisible thread before anything streams.
-  const { thread } = await threads.get(actor, db, input.threadId);
-  const threadId = thread.threadId;
+  const threadId = await threads.requireVisible(actor, db, input.threadId);
   const stream = streams.thread(threadId);
   return watch<Shared, FeedEvent, number, ThreadFeedItem>({
     hub,
@@ -89,7 +88,11 @@ export async function watchThread(
           out.push({ item: shared, shared: true });
           continue;
         }
-        const thread = await threads.withReadState(actor, { ...db, em: em() }, shared.thread);
+        const thread = await threads.withReadState(
+          actor,
+          { em: em(), deadline: db.deadline, statementTimeoutMs: db.statementTimeoutMs },
+          shared.thread,
+        );
         // The change that removed the caller ends its feed, unless its role governs the thread anyway.
         const revoked = event.userId === actor.userId && !threadPermissions(actor, thread.participants).see;
         out.push({

@@ -171,9 +171,14 @@ export class RpcAdapter {
       throw new DeadlineExceeded();
     }
     const { actor, expiresAt } = await this.deps.auth.authenticate(authorizationOf(call.metadata));
+    const { orm } = this.deps;
+    let em: EntityManager | undefined;
     return {
       actor,
-      em: this.deps.orm.em.fork() as EntityManager,
+      // Forked on first use: a stream may never need it, and an idle stream should not hold one.
+      get em() {
+        return (em ??= orm.em.fork() as EntityManager);
+      },
       deadline,
       statementTimeoutMs: this.deps.statementTimeoutMs,
       signal,

@@ -29,6 +29,7 @@ import {
   checkEscalation,
   checkParticipantSpec,
   creatorParticipantRole,
+  memberPermissions,
   threadPermissions,
 } from './thread.policy.js';
 import { ThreadRepository } from './thread.repository.js';
@@ -142,6 +143,16 @@ export class ThreadService {
     const view = await new ThreadRepository(em).load(actor.tenantId, id);
     if (!view || !threadPermissions(actor, view.participants).see) throw new ThreadNotFound(id);
     return this.#withReadState(actor, em, view);
+  }
+
+  /** Validates a thread id and refuses a thread the caller may not see (NOT_FOUND), in one query. */
+  async requireVisible(actor: Actor, { em }: Db, threadId: string): Promise<string> {
+    const v = new Violations();
+    const id = checkUuid(v, 'thread_id', threadId);
+    v.throwIfAny();
+    const access = await new ThreadRepository(em).access(actor.tenantId, id, actor.userId);
+    if (!access || !memberPermissions(actor, access.member).see) throw new ThreadNotFound(id);
+    return id;
   }
 
   /** A thread view (e.g. one a feed event kept) with the caller's read state added. */
