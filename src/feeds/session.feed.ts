@@ -9,9 +9,10 @@ import type { FeedOutput } from './watch.js';
 /**
  * WatchSession's feed. The virtual-session aggregate arrives with issue 7: it will check access, send
  * the snapshot on a fresh subscribe, and render the `session_changed` / `participant_changed` events it
- * appends to stream `s:<session_id>` with FeedRepository.append; the log, the fan-out and the stream
- * lifecycle are the ones WatchThread uses (watch.ts). Until then no session exists, so every
- * subscription is NOT_FOUND after validating its input.
+ * appends to stream `s:<session_id>` with FeedRepository.append (numbered like a thread's). Reading it is
+ * `watch()` over `seqLog()` (logs.ts), exactly as WatchThread does, so the log, the fan-out and the stream
+ * lifecycle are already there. Until then no session exists, so every subscription is NOT_FOUND after
+ * validating its input.
  */
 export function watchSession(
   _hub: FeedHub,

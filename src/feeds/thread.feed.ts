@@ -1,7 +1,6 @@
 import type { EntityManager } from '@mikro-orm/postgresql';
 import type { Actor } from '../domain/actor.js';
 import type { Db } from '../domain/db.js';
-import { PermissionDenied } from '../domain/errors.js';
 import { type FeedEvent, streams } from '../domain/feed/feed.repository.js';
 import { type MessageRecord, MessageRepository } from '../domain/message/message.repository.js';
 import {
@@ -10,6 +9,7 @@ import {
   type WatermarkRecord,
 } from '../domain/read-receipt/read-receipt.repository.js';
 import type { ThreadView } from '../domain/thread/thread.entity.js';
+import { ThreadAccessRevoked } from '../domain/thread/thread.errors.js';
 import { threadPermissions } from '../domain/thread/thread.policy.js';
 import { fromSnapshot } from '../domain/thread/thread.snapshot.js';
 import type { ThreadService } from '../domain/thread/thread.service.js';
@@ -55,13 +55,6 @@ async function prepare(em: EntityManager, tenantId: string, events: readonly Fee
     }
   }
   return out;
-}
-
-/** The participant was removed (or can no longer see the thread): its feed ends after the change. */
-export class ThreadAccessRevoked extends PermissionDenied {
-  constructor(threadId: string) {
-    super('THREAD_ACCESS_REVOKED', `no longer allowed to watch thread ${threadId}`, { thread_id: threadId });
-  }
 }
 
 /** WatchThread: the thread's messages, receipts and changes, for those who may see the thread. */

@@ -53,3 +53,10 @@ export class ParticipantNotFound extends DomainError {
     });
   }
 }
+
+/** The caller was removed from the thread (or can no longer see it): its feed of the thread ends. */
+export class ThreadAccessRevoked extends PermissionDenied {
+  constructor(threadId: string) {
+    super('THREAD_ACCESS_REVOKED', `no longer allowed to watch thread ${threadId}`, { thread_id: threadId });
+  }
+}
