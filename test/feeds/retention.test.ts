@@ -1,7 +1,8 @@
 import { status } from '@grpc/grpc-js';
 import { expect } from 'chai';
 import type { EntityManager } from '@mikro-orm/postgresql';
-import type { WatchThreadResponse } from '../../gen/comms/v1/feed.js';
+import type { WatchInboxResponse, WatchThreadResponse } from '../../gen/comms/v1/feed.js';
+import { ParticipantRole } from '../../gen/comms/v1/thread.js';
 import { FeedRepository } from '../../src/domain/feed/feed.repository.js';
 import { messageClient, threadClient } from '../support/clients.js';
 import {
@@ -11,11 +12,12 @@ import {
   postedIds,
   twoPartyThread,
   useFeedClients,
+  watchInbox,
   watchThread,
 } from '../support/feeds.js';
 import { env, startTestApp } from '../support/hooks.js';
 import { send, sendMany } from '../support/messages.js';
-import { db } from '../support/threads.js';
+import { createThread, db, newUserId, participant } from '../support/threads.js';
 import { waitFor } from '../support/wait.js';
 
 /** A tenant's feed events left in the logs (thread and inbox), and its thread streams' heads and prune marks. */
@@ -164,6 +166,46 @@ describe('FeedService retention', () => {
         'gap in the messages received',
       ).to.equal('none');
       if (received.length < sent.length) await expectEnd(paused, status.FAILED_PRECONDITION, 'RESYNC_REQUIRED');
+    } finally {
+      replay?.cancel();
+      for (const c of [t, m, f]) c.close();
+      await app.shutdown();
+    }
+  });
+  it('does not skip inbox events pruned while a subscriber replays its backlog', async function () {
+    this.timeout(120_000);
+    const app = await startTestApp({ FEED_STALL_MS: '60000' });
+    const address = `127.0.0.1:${app.port}`;
+    const [t, m, f] = [threadClient(address), messageClient(address), feedClient(address)];
+    let replay: FeedStream<WatchInboxResponse> | undefined;
+    try {
+      const { tenant, provider, patient } = await twoPartyThread(t);
+      // Many participants make each inbox event (a Thread) large, so the first page fills the buffers.
+      const thread = await createThread(t, provider, {
+        subject: 's'.repeat(200),
+        participants: [
+          participant(patient.userId, ParticipantRole.PARTICIPANT_ROLE_PATIENT),
+          ...Array.from({ length: 47 }, () => participant(newUserId('fam'), ParticipantRole.PARTICIPANT_ROLE_FAMILY)),
+        ],
+      });
+      const start = watchInbox(f, patient.md);
+      await start.caughtUp();
+      start.cancel();
+      const sends = 210;
+      for (let i = 0; i < sends; i++) await send(m, provider, thread.threadId, `${i}`);
+
+      replay = watchInbox(f, patient.md, start.lastToken);
+      const paused = replay;
+      paused.call.once('data', () => paused.call.pause());
+      await paused.waitFor((rs) => rs.length >= 1);
+      expect(await prune(tenant)).to.be.above(200);
+      await send(m, provider, thread.threadId, 'after the prune');
+      paused.call.resume();
+
+      await paused.waitFor(() => paused.events.length > sends, 30_000, 'every event').catch(() => undefined);
+      // Either every event arrived (one per send), or the stream said it cannot go on: never a silent gap.
+      if (paused.events.length <= sends) await expectEnd(paused, status.FAILED_PRECONDITION, 'RESYNC_REQUIRED');
+      else expect(paused.events).to.have.length(sends + 1);
     } finally {
       replay?.cancel();
       for (const c of [t, m, f]) c.close();
