@@ -63,8 +63,12 @@ export interface WatchOptions<S, E extends { readonly occurredAt: Date }, P, Ite
 /** setTimeout's longest delay. */
 const MAX_TIMER_MS = 2_147_483_647;
 
-/** How soon to look again when events exist that an older running transaction keeps unreadable. */
-const PENDING_RETRY_MS = [5, 10, 25, 50, 100, 250];
+/**
+ * How soon to look again when events exist that an older running transaction keeps unreadable: soon at
+ * first (a concurrent write about to commit), then backing off, so a transaction left open elsewhere on
+ * the cluster does not turn every waiting inbox into a busy poll. A notification still wakes it at once.
+ */
+const PENDING_RETRY_MS = [5, 10, 25, 50, 100, 250, 500, 1000, 2000, 5000];
 
 /** The outputs of shared events, by prepared event: one object for all subscribers on this replica. */
 const sharedOutputs = new WeakMap<object, FeedOutput<unknown>>();
@@ -136,24 +140,26 @@ export async function* watch<S, E extends { readonly occurredAt: Date }, P, Item
     if (!check()) return;
     yield { type: 'caught_up', resumeToken: log.token(cursor), at: new Date() };
 
-    // Live.
+    // Live. A heartbeat goes out whenever nothing was sent for heartbeatMs.
     let retries = 0;
+    let lastSent = Date.now();
     while (check()) {
       const cached = log.cached(cursor);
       const { batch, pending } = cached ? { batch: cached, pending: false } : await log.read(cursor);
       if (batch.length > 0) {
         retries = 0;
         yield* emit(batch);
+        lastSent = Date.now();
         continue;
       }
-      if (pending) {
-        // Committed, but an older transaction still runs: look again soon (it may never notify).
-        await sub.wait(PENDING_RETRY_MS[Math.min(retries++, PENDING_RETRY_MS.length - 1)]!);
-        continue;
-      }
-      retries = 0;
-      if (!(await sub.wait(o.heartbeatMs)) && check()) {
+      const idleFor = o.heartbeatMs - (Date.now() - lastSent);
+      // Committed but an older transaction still runs: look again soon (it may never notify).
+      const waitMs = pending ? PENDING_RETRY_MS[Math.min(retries++, PENDING_RETRY_MS.length - 1)]! : o.heartbeatMs;
+      if (!pending) retries = 0;
+      await sub.wait(Math.max(0, Math.min(waitMs, idleFor)));
+      if (Date.now() - lastSent >= o.heartbeatMs && check()) {
         yield { type: 'heartbeat', resumeToken: log.token(cursor), at: new Date() };
+        lastSent = Date.now();
       }
     }
   } finally {
