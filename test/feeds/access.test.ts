@@ -5,9 +5,9 @@ import { v7 as uuidv7 } from 'uuid';
 import type { WatchThreadResponse } from '../../gen/comms/v1/feed.js';
 import { ParticipantRole } from '../../gen/comms/v1/thread.js';
 import { signDevToken } from '../../src/infra/auth/dev-token.js';
-import { bearer, call, errorDetails, messageClient, newUser, type TestUser, threadClient } from '../support/clients.js';
-import { expectEnd, type FeedStream, feedClient, postedIds, useFeedClients, watchThread } from '../support/feeds.js';
-import { env, startTestApp } from '../support/hooks.js';
+import { bearer, call, errorDetails, newUser, type TestUser } from '../support/clients.js';
+import { expectEnd, type FeedStream, feedInstance, postedIds, useFeedClients, watchThread } from '../support/feeds.js';
+import { env } from '../support/hooks.js';
 import { addMember, send } from '../support/messages.js';
 import { expectFieldViolations, participant, threadScene } from '../support/threads.js';
 
@@ -210,9 +210,8 @@ describe('FeedService access', () => {
   // stream must still deliver everything up to the removal event, and end only after it.
   it('ends a lagging stream after the removal event, not at an earlier thread change', async function () {
     this.timeout(120_000);
-    const app = await startTestApp({ FEED_STALL_MS: '60000' });
-    const address = `127.0.0.1:${app.port}`;
-    const [t, m, f] = [threadClient(address), messageClient(address), feedClient(address)];
+    const srv = await feedInstance({ FEED_STALL_MS: '60000' });
+    const { threads: t, messages: m, feeds: f } = srv;
     let ofPatient: FeedStream<WatchThreadResponse> | undefined;
     try {
       const s = await threadScene(t);
@@ -249,8 +248,7 @@ describe('FeedService access', () => {
       );
     } finally {
       ofPatient?.cancel();
-      for (const c of [t, m, f]) c.close();
-      await app.shutdown();
+      await srv.close();
     }
   });
 });

@@ -1,42 +1,17 @@
 import { status } from '@grpc/grpc-js';
 import { expect } from 'chai';
-import type { App } from '../../src/app.js';
 import type { WatchInboxResponse, WatchThreadResponse } from '../../gen/comms/v1/feed.js';
-import { messageClient, threadClient } from '../support/clients.js';
 import {
-  type AnyFeedStream,
   expectEnd,
   expectUnique,
-  feedClient,
+  feedInstance,
   postedIds,
   twoPartyThread,
   watchInbox,
   watchThread,
 } from '../support/feeds.js';
-import { startTestApp } from '../support/hooks.js';
 import { send } from '../support/messages.js';
 import { waitFor } from '../support/wait.js';
-
-/** A separate app instance with its own clients; `close()` cancels what is open and shuts it down. */
-async function instance(overrides: Record<string, string>) {
-  const app: App = await startTestApp(overrides);
-  const address = `127.0.0.1:${app.port}`;
-  const clients = { threads: threadClient(address), messages: messageClient(address), feeds: feedClient(address) };
-  const streams: AnyFeedStream[] = [];
-  return {
-    app,
-    ...clients,
-    track<S extends AnyFeedStream>(s: S): S {
-      streams.push(s);
-      return s;
-    },
-    async close() {
-      for (const s of streams) s.cancel();
-      for (const c of Object.values(clients)) c.close();
-      await app.shutdown();
-    },
-  };
-}
 
 /** The heartbeats received after the response at `from`. */
 function heartbeatsAfter<R extends WatchThreadResponse | WatchInboxResponse>(rs: R[], from: number): R[] {
@@ -46,7 +21,7 @@ function heartbeatsAfter<R extends WatchThreadResponse | WatchInboxResponse>(rs:
 describe('FeedService flow control', () => {
   it('sends heartbeats on idle streams, each carrying the current position', async function () {
     this.timeout(30_000);
-    const srv = await instance({ FEED_HEARTBEAT_MS: '200' });
+    const srv = await feedInstance({ FEED_HEARTBEAT_MS: '200' });
     try {
       const { provider, patient, thread } = await twoPartyThread(srv.threads);
       const ofThread = srv.track(watchThread(srv.feeds, patient.md, thread.threadId));
@@ -88,7 +63,7 @@ describe('FeedService flow control', () => {
 
   it('ends a stalled consumer with RESOURCE_EXHAUSTED after all it was sent; its token resumes without loss', async function () {
     this.timeout(120_000);
-    const srv = await instance({ FEED_STALL_MS: '500' });
+    const srv = await feedInstance({ FEED_STALL_MS: '500' });
     try {
       const { provider, patient, thread } = await twoPartyThread(srv.threads);
       const stream = srv.track(watchThread(srv.feeds, patient.md, thread.threadId));

@@ -4,18 +4,17 @@ import type { EntityManager } from '@mikro-orm/postgresql';
 import type { WatchInboxResponse, WatchThreadResponse } from '../../gen/comms/v1/feed.js';
 import { ParticipantRole } from '../../gen/comms/v1/thread.js';
 import { FeedRepository } from '../../src/domain/feed/feed.repository.js';
-import { messageClient, threadClient } from '../support/clients.js';
 import {
   expectEnd,
+  feedInstance,
   type FeedStream,
-  feedClient,
   postedIds,
   twoPartyThread,
   useFeedClients,
   watchInbox,
   watchThread,
 } from '../support/feeds.js';
-import { env, startTestApp } from '../support/hooks.js';
+import { env } from '../support/hooks.js';
 import { send, sendMany } from '../support/messages.js';
 import { createThread, db, newUserId, participant } from '../support/threads.js';
 import { waitFor } from '../support/wait.js';
@@ -128,9 +127,8 @@ describe('FeedService retention', () => {
   it('does not skip events pruned while a subscriber replays its backlog', async function () {
     this.timeout(120_000);
     // A stall limit longer than the test, so the server waits for the paused client.
-    const app = await startTestApp({ FEED_STALL_MS: '60000' });
-    const address = `127.0.0.1:${app.port}`;
-    const [t, m, f] = [threadClient(address), messageClient(address), feedClient(address)];
+    const srv = await feedInstance({ FEED_STALL_MS: '60000' });
+    const { threads: t, messages: m, feeds: f } = srv;
     let replay: FeedStream<WatchThreadResponse> | undefined;
     try {
       const { tenant, provider, patient, thread } = await twoPartyThread(t);
@@ -168,15 +166,13 @@ describe('FeedService retention', () => {
       if (received.length < sent.length) await expectEnd(paused, status.FAILED_PRECONDITION, 'RESYNC_REQUIRED');
     } finally {
       replay?.cancel();
-      for (const c of [t, m, f]) c.close();
-      await app.shutdown();
+      await srv.close();
     }
   });
   it('does not skip inbox events pruned while a subscriber replays its backlog', async function () {
     this.timeout(120_000);
-    const app = await startTestApp({ FEED_STALL_MS: '60000' });
-    const address = `127.0.0.1:${app.port}`;
-    const [t, m, f] = [threadClient(address), messageClient(address), feedClient(address)];
+    const srv = await feedInstance({ FEED_STALL_MS: '60000' });
+    const { threads: t, messages: m, feeds: f } = srv;
     let replay: FeedStream<WatchInboxResponse> | undefined;
     try {
       const { tenant, provider, patient } = await twoPartyThread(t);
@@ -208,8 +204,7 @@ describe('FeedService retention', () => {
       else expect(paused.events).to.have.length(sends + 1);
     } finally {
       replay?.cancel();
-      for (const c of [t, m, f]) c.close();
-      await app.shutdown();
+      await srv.close();
     }
   });
 });

@@ -5,7 +5,8 @@ import type { MessageServiceClient } from '../../gen/comms/v1/message.js';
 import type { ReadReceiptServiceClient } from '../../gen/comms/v1/read_receipt.js';
 import { ParticipantRole, type ThreadServiceClient } from '../../gen/comms/v1/thread.js';
 import { expectError, messageClient, newTenant, newUser, receiptClient, threadClient } from './clients.js';
-import { env } from './hooks.js';
+import type { App } from '../../src/app.js';
+import { env, startTestApp } from './hooks.js';
 import { createThread, participant } from './threads.js';
 
 /** A FeedService client on the shared test server (or `address`). */
@@ -198,4 +199,25 @@ export function useFeedClients(): FeedClients {
     for (const client of [c.threads, c.messages, c.receipts, c.feeds]) client.close();
   });
   return c;
+}
+
+/** A separate app instance with its own clients; `close()` cancels what is open and shuts it down. */
+export async function feedInstance(overrides: Record<string, string>) {
+  const app: App = await startTestApp(overrides);
+  const address = `127.0.0.1:${app.port}`;
+  const clients = { threads: threadClient(address), messages: messageClient(address), feeds: feedClient(address) };
+  const streams: AnyFeedStream[] = [];
+  return {
+    app,
+    ...clients,
+    track<S extends AnyFeedStream>(s: S): S {
+      streams.push(s);
+      return s;
+    },
+    async close() {
+      for (const s of streams) s.cancel();
+      for (const c of Object.values(clients)) c.close();
+      await app.shutdown();
+    },
+  };
 }
