@@ -10,8 +10,10 @@ import { errorDetails, newTenant, newUser, type TestUser } from '../support/clie
 import {
   expectUnique,
   feedClient,
-  type FeedStream,
+  feedInstance,
+  FeedStream,
   postedIds,
+  twoPartyThread,
   useFeedClients,
   watchInbox,
   watchThread,
@@ -191,6 +193,28 @@ describe('feed stream lifecycle', () => {
     } finally {
       for (const c of clients) c.close();
       await replica?.shutdown();
+    }
+  });
+  it("a stream's deadline ends it with DEADLINE_EXCEEDED and frees its subscription", async function () {
+    this.timeout(30_000);
+    const srv = await feedInstance({});
+    try {
+      const { patient, thread } = await twoPartyThread(srv.threads);
+      const stream = srv.track(
+        new FeedStream<WatchThreadResponse>(
+          srv.feeds.watchThread({ threadId: thread.threadId, resumeToken: '' }, patient.md, {
+            deadline: new Date(Date.now() + 1500),
+          }),
+        ),
+      );
+      await stream.caughtUp();
+      expect(srv.app.feeds.stats()).to.deep.equal({ streams: 1, subscribers: 1 });
+      const err = await stream.ended;
+      expect(err?.code).to.equal(status.DEADLINE_EXCEEDED);
+      await waitFor(async () => srv.app.feeds.stats().subscribers === 0);
+      expect(srv.app.feeds.stats()).to.deep.equal({ streams: 0, subscribers: 0 });
+    } finally {
+      await srv.close();
     }
   });
 });
