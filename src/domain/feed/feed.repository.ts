@@ -73,6 +73,15 @@ export const streams = {
   session: (sessionId: string) => `s:${sessionId}`,
 };
 
+/** The inbox events telling `userIds` that a thread changed (or, `thread_removed`, that they left it). */
+export function inboxEvents(
+  threadId: string,
+  userIds: readonly string[],
+  kind: 'thread_updated' | 'thread_removed' = 'thread_updated',
+): NewFeedEvent[] {
+  return userIds.map((u) => ({ stream: streams.inbox(u), kind, aggregate_id: threadId }));
+}
+
 /**
  * The events a change to a thread's metadata appends: thread_changed (naming the participant it removed,
  * if any, so that participant's feed ends exactly there), and each inbox as it is affected.
@@ -92,12 +101,8 @@ export function threadChangeEvents(
       user_id: removed[0],
       snapshot,
     },
-    ...participants.map((u): NewFeedEvent => ({
-      stream: streams.inbox(u),
-      kind: 'thread_updated',
-      aggregate_id: threadId,
-    })),
-    ...removed.map((u): NewFeedEvent => ({ stream: streams.inbox(u), kind: 'thread_removed', aggregate_id: threadId })),
+    ...inboxEvents(threadId, participants),
+    ...inboxEvents(threadId, removed, 'thread_removed'),
   ];
 }
 

@@ -35,7 +35,7 @@ import {
 import { ThreadRepository } from './thread.repository.js';
 import { toSnapshot } from './thread.snapshot.js';
 import { ReadReceiptRepository } from '../read-receipt/read-receipt.repository.js';
-import { FeedRepository, streams, threadChangeEvents } from '../feed/feed.repository.js';
+import { FeedRepository, inboxEvents, threadChangeEvents } from '../feed/feed.repository.js';
 
 export interface CreateThreadInput {
   readonly subject: string;
@@ -117,11 +117,10 @@ export class ThreadService {
         { persist: false },
       ),
     );
-    const events = participants.map((p) => ({
-      stream: streams.inbox(p.userId),
-      kind: 'thread_updated' as const,
-      aggregate_id: thread.threadId,
-    }));
+    const events = inboxEvents(
+      thread.threadId,
+      participants.map((p) => p.userId),
+    );
     if (await repo.insert(thread, participants, events)) {
       // Read back so the participants come in the one order every read uses.
       return this.#withReadState(actor, em, (await repo.load(actor.tenantId, thread.threadId))!);
