@@ -1,3 +1,4 @@
+import { fromOpaque, toOpaque } from './opaque.js';
 import { InvalidArgument } from './errors.js';
 
 /**
@@ -6,16 +7,17 @@ import { InvalidArgument } from './errors.js';
  * query still applies the caller's access rules.
  */
 export function encodePageToken(kind: string, body: Record<string, unknown>): string {
-  return Buffer.from(JSON.stringify({ k: kind, ...body }), 'utf8').toString('base64url');
+  return toOpaque(JSON.stringify({ k: kind, ...body }));
 }
 
 /** Decodes a token made by encodePageToken for `kind`, or throws INVALID_ARGUMENT on `page_token`. */
 export function decodePageToken(kind: string, token: string): Record<string, unknown> {
   const bad = () => new InvalidArgument([{ field: 'page_token', description: 'is not a token this list issued' }]);
-  if (token.length > 1024 || !/^[A-Za-z0-9_-]+$/.test(token)) throw bad();
+  const text = fromOpaque(token, 1024);
+  if (text === undefined) throw bad();
   let body: unknown;
   try {
-    body = JSON.parse(Buffer.from(token, 'base64url').toString('utf8'));
+    body = JSON.parse(text);
   } catch {
     throw bad();
   }

@@ -1,3 +1,4 @@
+import { fromOpaque, toOpaque } from '../opaque.js';
 import { InvalidArgument } from '../errors.js';
 
 /**
@@ -6,7 +7,7 @@ import { InvalidArgument } from '../errors.js';
  * boundary: every subscription checks access again.
  */
 export function encodeResumeToken(stream: string, position: string | number): string {
-  return Buffer.from(`f1|${stream}|${position}`, 'utf8').toString('base64url');
+  return toOpaque(`f1|${stream}|${position}`);
 }
 
 /**
@@ -16,8 +17,7 @@ export function encodeResumeToken(stream: string, position: string | number): st
 export function decodeResumeToken(token: string, stream: string, pattern: RegExp): string | undefined {
   if (token === '') return undefined;
   const bad = (why: string) => new InvalidArgument([{ field: 'resume_token', description: why }]);
-  if (token.length > 400 || !/^[A-Za-z0-9_-]+$/.test(token)) throw bad('is not a resume token');
-  const match = /^f1\|(.+)\|([^|]+)$/s.exec(Buffer.from(token, 'base64url').toString('utf8'));
+  const match = /^f1\|(.+)\|([^|]+)$/s.exec(fromOpaque(token, 400) ?? '');
   if (!match || !pattern.test(match[2]!)) throw bad('is not a resume token');
   if (match[1] !== stream) throw bad('belongs to another feed');
   return match[2];

@@ -1,3 +1,4 @@
+import { fromOpaque, toOpaque } from '../opaque.js';
 import { InvalidArgument } from '../errors.js';
 
 /** A position in one thread's message order, as clients hold it: (thread, seq). */
@@ -16,14 +17,13 @@ export function isSeq(value: unknown): value is number {
 
 /** The opaque cursor string of a message position (Message.cursor, MessagePosition.cursor). */
 export function encodeCursor(threadId: string, seq: number): string {
-  return Buffer.from(`m1:${threadId}:${seq}`, 'utf8').toString('base64url');
+  return toOpaque(`m1:${threadId}:${seq}`);
 }
 
 /** Decodes a cursor of `threadId`, or throws INVALID_ARGUMENT on `field`. */
 export function decodeCursor(field: string, cursor: string, threadId: string): MessageCursor {
   const bad = (why: string) => new InvalidArgument([{ field, description: why }]);
-  if (cursor.length > 200 || !/^[A-Za-z0-9_-]+$/.test(cursor)) throw bad('is not a message cursor');
-  const match = /^m1:([0-9a-f-]{36}):(\d{1,10})$/.exec(Buffer.from(cursor, 'base64url').toString('utf8'));
+  const match = /^m1:([0-9a-f-]{36}):(\d{1,10})$/.exec(fromOpaque(cursor, 200) ?? '');
   if (!match) throw bad('is not a message cursor');
   if (match[1] !== threadId) throw bad('belongs to another thread');
   const seq = Number(match[2]);
