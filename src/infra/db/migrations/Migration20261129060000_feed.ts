@@ -47,8 +47,8 @@ export class Migration20261129060000_feed extends Migration {
         tenant_id    text        not null,
         stream       text        not null,
         seq          bigint      not null check (seq >= 1),
+        -- Inbox events (thread_updated, thread_removed) go to inbox_event, never here.
         kind         text        not null check (kind in ('message_posted', 'receipts_updated', 'thread_changed',
-                                                          'thread_updated', 'thread_removed',
                                                           'session_changed', 'participant_changed')),
         aggregate_id uuid        not null,
         message_id   uuid,
