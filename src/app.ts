@@ -2,6 +2,13 @@ import type { MikroORM } from '@mikro-orm/postgresql';
 import type { HealthImplementation } from 'grpc-health-check';
 import { systemClock, type Clock } from './domain/clock.js';
 import { MessageService } from './domain/message/message.service.js';
+import { DEFAULT_PLANS } from './domain/notification/notification.policy.js';
+import { NotificationRepository } from './domain/notification/notification.repository.js';
+import { NotificationService } from './domain/notification/notification.service.js';
+import { Dispatcher } from './dispatch/dispatcher.js';
+import { type ChannelProvider, inAppProvider, sandboxAddressBook } from './dispatch/provider.js';
+import { JobQueue } from './dispatch/queue.js';
+import { SandboxProvider } from './dispatch/sandbox.js';
 import { ReadReceiptService } from './domain/read-receipt/read-receipt.service.js';
 import { ThreadService } from './domain/thread/thread.service.js';
 import { Authenticator } from './infra/auth/authenticator.js';
@@ -50,6 +57,58 @@ export async function startApp(config: Config, opts: { clock?: Clock; log?: Logg
     url = embedded.url;
   }
   const orm = await openDatabase(url, config.dbPoolMax, config.dbStatementTimeoutMs);
+  const clock = opts.clock ?? systemClock;
+  await new NotificationRepository(orm.em.fork()).saveDefaultSettings(
+    { ...DEFAULT_PLANS, ...config.notify.defaultPlans },
+    config.notify.deepLinkBase,
+  );
+  const channelProviders = config.notify.channelProviders;
+  const notifications = new NotificationService(clock, new Set(Object.values(channelProviders)));
+  const sandbox = new SandboxProvider(orm, config.notify.sandboxReports, (report) =>
+    orm.em
+      .fork()
+      .transactional((em) =>
+        notifications.recordReport(new NotificationRepository(em), report.tenantId, { ...report, errorMessage: '' }),
+      )
+      .catch((err: unknown) => log.warn({ err: String(err) }, 'sandbox delivery report failed')),
+  );
+  const registry = new Map<string, ChannelProvider>([
+    [sandbox.name, sandbox],
+    [inAppProvider.name, inAppProvider],
+  ]);
+  if (config.env === 'production' && Object.values(channelProviders).includes('sandbox')) {
+    log.warn({ channelProviders }, 'notifications go to the sandbox provider: nothing reaches a phone or inbox');
+  }
+  const dispatcher = new Dispatcher(
+    orm,
+    {
+      byChannel: {
+        push: registry.get(channelProviders.push)!,
+        sms: registry.get(channelProviders.sms)!,
+        email: registry.get(channelProviders.email)!,
+        in_app: inAppProvider,
+      },
+      byName: registry,
+    },
+    sandboxAddressBook,
+    config.notify,
+    clock,
+    log,
+  );
+  const jobs = await JobQueue.start(
+    {
+      url,
+      work: config.notify.dispatch,
+      concurrency: config.notify.concurrency,
+      pollMs: config.notify.pollMs,
+      heartbeatSeconds: config.notify.jobHeartbeatSeconds,
+      superviseSeconds: config.notify.superviseSeconds,
+      retryLimit: config.notify.retryLimit,
+      poolMax: config.notify.jobPoolMax,
+    },
+    dispatcher,
+    log,
+  );
   const feeds = new FeedHub(orm, log, { cacheEvents: config.feed.cacheEvents, pageSize: 200 });
   const listener = new FeedListener(
     url,
@@ -67,11 +126,11 @@ export async function startApp(config: Config, opts: { clock?: Clock; log?: Logg
     log,
     streamStallMs: config.feed.stallMs,
   });
-  const clock = opts.clock ?? systemClock;
   addServices(server, adapter, {
     threads: new ThreadService(clock),
     messages: new MessageService(clock, { bodyMaxBytes: config.limits.messageMaxBytes }),
     receipts: new ReadReceiptService(clock, { maxIdsPerCall: config.limits.markReadMaxIds }),
+    notifications,
     feeds,
     feedHeartbeatMs: config.feed.heartbeatMs,
   });
@@ -137,6 +196,9 @@ export async function startApp(config: Config, opts: { clock?: Clock; log?: Logg
           resolve();
         });
       });
+      // Running dispatch jobs finish (or are retried elsewhere after the grace period).
+      await jobs.stop(config.shutdownGraceMs);
+      sandbox.close();
       await listener.stop();
       await orm.close(true);
       await embedded?.stop();

@@ -17,6 +17,7 @@ import { ReadReceiptServiceService } from '../../gen/comms/v1/read_receipt.js';
 import { VirtualSessionServiceService } from '../../gen/comms/v1/session.js';
 import { ThreadServiceService } from '../../gen/comms/v1/thread.js';
 import type { MessageService } from '../domain/message/message.service.js';
+import type { NotificationService } from '../domain/notification/notification.service.js';
 import type { ReadReceiptService } from '../domain/read-receipt/read-receipt.service.js';
 import type { ThreadService } from '../domain/thread/thread.service.js';
 import type { Config } from '../infra/config/config.js';
@@ -24,6 +25,7 @@ import type { FeedHub } from '../feeds/hub.js';
 import type { RpcAdapter, StreamHandler, UnaryHandler } from './adapter.js';
 import { feedHandlers } from './feed.handlers.js';
 import { messageHandlers, readReceiptHandlers } from './message.handlers.js';
+import { notificationHandlers } from './notification.handlers.js';
 import { threadHandlers } from './thread.handlers.js';
 
 /** The descriptor set `npm run generate` writes with `buf build`; server reflection serves it. */
@@ -35,7 +37,7 @@ const SERVICES = [
   { name: 'comms.v1.MessageService', definition: MessageServiceService, issue: undefined },
   { name: 'comms.v1.ReadReceiptService', definition: ReadReceiptServiceService, issue: undefined },
   { name: 'comms.v1.FeedService', definition: FeedServiceService, issue: undefined },
-  { name: 'comms.v1.NotificationService', definition: NotificationServiceService, issue: 6 },
+  { name: 'comms.v1.NotificationService', definition: NotificationServiceService, issue: undefined },
   { name: 'comms.v1.VirtualSessionService', definition: VirtualSessionServiceService, issue: 7 },
 ] as const;
 
@@ -64,6 +66,7 @@ export interface Domain {
   readonly threads: ThreadService;
   readonly messages: MessageService;
   readonly receipts: ReadReceiptService;
+  readonly notifications: NotificationService;
   readonly feeds: FeedHub;
   readonly feedHeartbeatMs: number;
 }
@@ -75,6 +78,7 @@ export function addServices(server: Server, adapter: RpcAdapter, domain: Domain)
     'comms.v1.MessageService': messageHandlers(domain.messages),
     'comms.v1.ReadReceiptService': readReceiptHandlers(domain.receipts),
     'comms.v1.FeedService': feedHandlers(domain.feeds, domain.threads, { heartbeatMs: domain.feedHeartbeatMs }),
+    'comms.v1.NotificationService': notificationHandlers(domain.notifications),
   } as Record<string, Record<string, UnaryHandler<never, unknown> | StreamHandler<never, unknown>>>;
   for (const { name, definition, issue } of SERVICES) {
     const impl: UntypedServiceImplementation = {};

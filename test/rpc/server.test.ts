@@ -10,7 +10,7 @@ import { GrpcReflection } from 'grpc-js-reflection-client';
 import { type JWTPayload, SignJWT, UnsecuredJWT } from 'jose';
 import { expect } from 'chai';
 import { ThreadServiceClient } from '../../gen/comms/v1/thread.js';
-import { NotificationServiceClient } from '../../gen/comms/v1/notification.js';
+import { VirtualSessionServiceClient } from '../../gen/comms/v1/session.js';
 import { signDevToken } from '../../src/infra/auth/dev-token.js';
 import { SERVICE_NAMES } from '../../src/rpc/server.js';
 import {
@@ -240,21 +240,16 @@ describe('server: errors and unimplemented services', () => {
   });
 
   it('answers UNIMPLEMENTED with reason NOT_IMPLEMENTED_YET for services of later issues', async () => {
-    const notifications = new NotificationServiceClient(env.address, credentials.createInsecure());
+    const sessions = new VirtualSessionServiceClient(env.address, credentials.createInsecure());
     try {
       const { info } = await expectError(
-        call(
-          notifications,
-          notifications.getNotification,
-          { notificationId: '0190d7a0-0000-7000-8000-000000000000' },
-          user.md,
-        ),
+        call(sessions, sessions.getSession, { sessionId: '0190d7a0-0000-7000-8000-000000000000' }, user.md),
         status.UNIMPLEMENTED,
         'NOT_IMPLEMENTED_YET',
       );
-      expect(info?.metadata.issue).to.equal('6');
+      expect(info?.metadata.issue).to.equal('7');
     } finally {
-      notifications.close();
+      sessions.close();
     }
   });
 

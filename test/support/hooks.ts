@@ -1,4 +1,5 @@
 import { type App, startApp } from '../../src/app.js';
+import { KINDS } from '../../src/domain/notification/notification.policy.js';
 import { loadConfig, type Config } from '../../src/infra/config/config.js';
 import { createTestDatabase, type TestDatabase } from './database.js';
 
@@ -15,6 +16,9 @@ export function testConfig(overrides: Record<string, string> = {}): Config {
     LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? 'silent',
     SHUTDOWN_GRACE_MS: '5000',
     SHUTDOWN_DRAIN_DELAY_MS: '0',
+    // Tenants send nothing unless a test gives its tenant plans (test/support/notifications.ts): the
+    // other suites' messages do not fill the job queue the notification tests wait on.
+    NOTIFY_DEFAULT_PLANS: JSON.stringify(Object.fromEntries(KINDS.map((k) => [k, []]))),
     ...overrides,
   });
 }

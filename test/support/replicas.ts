@@ -59,6 +59,7 @@ async function spawnReplica(overrides: Record<string, string>): Promise<Replica>
     JWT_AUDIENCE: env.config.jwt.audience,
     SHUTDOWN_DRAIN_DELAY_MS: '0',
     SHUTDOWN_GRACE_MS: '5000',
+    NOTIFY_DEFAULT_PLANS: JSON.stringify(env.config.notify.defaultPlans),
     ...overrides,
   };
   const child = spawn(process.execPath, [MAIN], { env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] });

@@ -36,6 +36,7 @@ import { ThreadRepository } from './thread.repository.js';
 import { toSnapshot } from './thread.snapshot.js';
 import { ReadReceiptRepository } from '../read-receipt/read-receipt.repository.js';
 import { FeedRepository, inboxEvents, threadChangeEvents } from '../feed/feed.repository.js';
+import { NotificationRepository } from '../notification/notification.repository.js';
 
 export interface CreateThreadInput {
   readonly subject: string;
@@ -244,21 +245,57 @@ export class ThreadService {
     input: { level: EscalationLevel | undefined; assigneeUserId: string; reason: string; etag: string },
   ) {
     const v = checkEscalation(input.level, input.assigneeUserId, input.reason);
-    return this.#mutate(actor, db, threadId, input.etag, v, 'manage', 'escalate', (view, tem, now) => {
-      requireActive(view);
-      const { thread } = view;
-      const level = input.level!;
-      thread.escalationLevel = level;
-      thread.escalationAssignee = level === 'none' ? null : input.assigneeUserId;
-      thread.escalationReason = input.reason;
-      thread.escalatedBy = actor.userId;
-      thread.escalatedAt = now;
-      if (level !== 'none' && !view.participants.some((p) => p.userId === input.assigneeUserId)) {
-        requireRoom(view, input.assigneeUserId);
-        addParticipantRow(tem, view, input.assigneeUserId, 'care_staff', actor.userId, now);
-      }
-      return true;
-    });
+    // An escalation to someone (new level or new assignee) tells the assignee, unless they made it.
+    let tell: string | undefined;
+    return this.#mutate(
+      actor,
+      db,
+      threadId,
+      input.etag,
+      v,
+      'manage',
+      'escalate',
+      (view, tem, now) => {
+        requireActive(view);
+        const { thread } = view;
+        const level = input.level!;
+        const assignee = level === 'none' ? null : input.assigneeUserId;
+        if (
+          assignee &&
+          assignee !== actor.userId &&
+          (thread.escalationLevel !== level || thread.escalationAssignee !== assignee)
+        ) {
+          tell = assignee;
+        }
+        thread.escalationLevel = level;
+        thread.escalationAssignee = assignee;
+        thread.escalationReason = input.reason;
+        thread.escalatedBy = actor.userId;
+        thread.escalatedAt = now;
+        if (level !== 'none' && !view.participants.some((p) => p.userId === input.assigneeUserId)) {
+          requireRoom(view, input.assigneeUserId);
+          addParticipantRow(tem, view, input.assigneeUserId, 'care_staff', actor.userId, now);
+        }
+        return true;
+      },
+      async (view, tem, now) => {
+        if (!tell) return;
+        await new NotificationRepository(tem).notify({
+          tenantId: actor.tenantId,
+          kind: 'thread_escalated',
+          requestedBy: '',
+          eventId: newId(),
+          recipients: [tell],
+          threadId: view.thread.threadId,
+          messageId: null,
+          sessionId: null,
+          templateKey: '',
+          urgent: false,
+          plan: undefined,
+          now,
+        });
+      },
+    );
   }
 
   archive(actor: Actor, db: Db, threadId: string, etag: string) {
@@ -292,6 +329,7 @@ export class ThreadService {
     permission: 'manage' | 'reopen',
     action: string,
     change: Mutation,
+    afterChange?: (view: ThreadView, tem: EntityManager, now: Date) => Promise<void>,
   ): Promise<ThreadView> {
     const id = checkUuid(v, 'thread_id', threadId);
     v.throwIfAny();
@@ -310,6 +348,7 @@ export class ThreadService {
         view.thread.updatedAt = now;
         view.thread.lastActivityAt = now;
         await tem.flush();
+        await afterChange?.(view, tem, now);
         // Last in the transaction: the feeds' head rows are locked until commit.
         const after = view.participants.map((p) => p.userId);
         await new FeedRepository(tem).append(

@@ -1,4 +1,4 @@
-import { cleanEnv, makeValidator, port, str, url } from 'envalid';
+import { bool, cleanEnv, makeValidator, port, str, url } from 'envalid';
 
 /** Thrown when the environment holds a bad value; lists every bad variable with what is wrong. */
 export class ConfigError extends Error {
@@ -34,6 +34,93 @@ const postgresUrl = makeValidator<string>((raw) => {
 
 const secret = makeValidator<string>((raw) => {
   if (raw.length < 32) throw new Error('must be at least 32 characters (HS256 needs a 256-bit secret)');
+  return raw;
+});
+
+/** Channel providers this build ships; real ones register here and are chosen per channel. */
+export const PROVIDER_NAMES = ['sandbox'] as const;
+const NOTIFY_CHANNELS = ['push', 'sms', 'email'] as const;
+const REPORT_STATUSES = ['queued', 'sent', 'delivered', 'undelivered', 'failed', 'read'] as const;
+
+/** `push=sandbox,sms=sandbox,email=sandbox`: the provider of each external channel. */
+const channelProviders = makeValidator<Record<(typeof NOTIFY_CHANNELS)[number], string>>((raw) => {
+  const out: Record<string, string> = {};
+  for (const pair of raw
+    .split(',')
+    .map((p) => p.trim())
+    .filter(Boolean)) {
+    const [channel, provider] = pair.split('=').map((x) => x.trim());
+    if (!NOTIFY_CHANNELS.includes(channel as never)) throw new Error(`unknown channel "${channel}" (push, sms, email)`);
+    if (!PROVIDER_NAMES.includes(provider as never)) {
+      throw new Error(`unknown provider "${provider}" for ${channel} (known: ${PROVIDER_NAMES.join(', ')})`);
+    }
+    out[channel!] = provider!;
+  }
+  for (const c of NOTIFY_CHANNELS) if (!out[c]) throw new Error(`names no provider for ${c}`);
+  return out as Record<(typeof NOTIFY_CHANNELS)[number], string>;
+});
+
+/** A comma-separated list of delivery statuses (possibly empty). */
+const reportStatuses = makeValidator<(typeof REPORT_STATUSES)[number][]>((raw) => {
+  const list = raw
+    .split(',')
+    .map((p) => p.trim())
+    .filter(Boolean);
+  for (const s of list) if (!REPORT_STATUSES.includes(s as never)) throw new Error(`unknown delivery status "${s}"`);
+  return list as (typeof REPORT_STATUSES)[number][];
+});
+
+const PLAN_KINDS = [
+  'message_posted',
+  'thread_escalated',
+  'patient_waiting',
+  'participant_admitted',
+  'waiting_expired',
+  'service_event',
+];
+const PLAN_CHANNELS = ['push', 'sms', 'email', 'in_app'];
+const PLAN_CONDITIONS = ['always', 'if_unread', 'if_not_delivered'];
+
+/** A step of a default channel plan, as NOTIFY_DEFAULT_PLANS gives it. */
+export interface PlanStepConfig {
+  readonly channel: string;
+  readonly delay_ms: number;
+  readonly condition: string;
+}
+
+/**
+ * JSON `{"<kind>": [{"channel": "push", "delay_ms": 0, "condition": "always"}, ...], ...}`: default channel
+ * plans replacing the built-in ones for the kinds named (at most 4 steps, delays up to 7 days); `[]`
+ * sends nothing for the kind (its intents are SUPPRESSED, NO_CHANNEL_ALLOWED).
+ */
+const defaultPlans = makeValidator<Record<string, PlanStepConfig[]>>((raw) => {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(raw);
+  } catch {
+    throw new Error('must be a JSON object of kind → plan steps');
+  }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new Error('must be a JSON object');
+  for (const [kind, steps] of Object.entries(parsed)) {
+    if (!PLAN_KINDS.includes(kind)) throw new Error(`unknown kind "${kind}" (${PLAN_KINDS.join(', ')})`);
+    if (!Array.isArray(steps) || steps.length > 4) throw new Error(`${kind}: must be a list of at most 4 steps`);
+    for (const step of steps as Record<string, unknown>[]) {
+      if (!PLAN_CHANNELS.includes(step?.channel as string))
+        throw new Error(`${kind}: unknown channel ${String(step?.channel)}`);
+      if (!PLAN_CONDITIONS.includes(step.condition as string))
+        throw new Error(`${kind}: unknown condition ${String(step.condition)}`);
+      const delay = step.delay_ms;
+      if (typeof delay !== 'number' || !Number.isInteger(delay) || delay < 0 || delay > 7 * 86_400_000) {
+        throw new Error(`${kind}: delay_ms must be a whole number of milliseconds up to 7 days`);
+      }
+    }
+  }
+  return parsed as Record<string, PlanStepConfig[]>;
+});
+
+const deepLinkBase = makeValidator<string>((raw) => {
+  if (!/^[a-z][a-z0-9+.-]*:\/\/([^\s]*\/)?$/.test(raw))
+    throw new Error('must look like comms:// or https://host/path/');
   return raw;
 });
 
@@ -77,6 +164,25 @@ export interface Config {
     /** Events each stream keeps in memory per replica for its live subscribers. */
     readonly cacheEvents: number;
   };
+  readonly notify: {
+    /** Run dispatch jobs on this replica. */
+    readonly dispatch: boolean;
+    readonly concurrency: number;
+    readonly pollMs: number;
+    readonly jobHeartbeatSeconds: number;
+    readonly superviseSeconds: number;
+    readonly retryLimit: number;
+    readonly jobPoolMax: number;
+    readonly confirmDeadlineMs: number;
+    readonly providerTimeoutMs: number;
+    readonly maxErrorsPerStep: number;
+    readonly channelProviders: Readonly<Record<'push' | 'sms' | 'email', string>>;
+    /** Statuses the sandbox provider reports after accepting a message. */
+    readonly sandboxReports: readonly (typeof REPORT_STATUSES)[number][];
+    readonly deepLinkBase: string;
+    /** Default plans replacing the built-in ones, per kind (NOTIFY_DEFAULT_PLANS). */
+    readonly defaultPlans: Readonly<Record<string, readonly PlanStepConfig[]>>;
+  };
   readonly shutdownGraceMs: number;
   readonly shutdownDrainDelayMs: number;
   readonly healthProbeMs: number;
@@ -118,6 +224,20 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       FEED_RETENTION_HOURS: int(1, 24 * 366)({ default: 168 }),
       FEED_PRUNE_INTERVAL_MS: int(1000, 86_400_000)({ default: 300_000 }),
       FEED_CACHE_EVENTS: int(1, 100_000)({ default: 256 }),
+      NOTIFY_DISPATCH: bool({ default: true, desc: 'run notification dispatch jobs on this replica' }),
+      NOTIFY_CONCURRENCY: int(1, 256)({ default: 8 }),
+      NOTIFY_POLL_MS: int(500, 60_000)({ default: 1_000 }),
+      NOTIFY_JOB_HEARTBEAT_SECONDS: int(10, 3_600)({ default: 30 }),
+      NOTIFY_SUPERVISE_SECONDS: int(1, 3_600)({ default: 30 }),
+      NOTIFY_RETRY_LIMIT: int(0, 100)({ default: 10 }),
+      NOTIFY_JOB_POOL_MAX: int(2, 100)({ default: 4 }),
+      NOTIFY_CONFIRM_DEADLINE_MS: int(1_000, 7 * 86_400_000)({ default: 600_000 }),
+      NOTIFY_PROVIDER_TIMEOUT_MS: int(100, 120_000)({ default: 10_000 }),
+      NOTIFY_MAX_ERRORS_PER_STEP: int(1, 20)({ default: 3 }),
+      NOTIFY_CHANNEL_PROVIDERS: channelProviders({ default: { push: 'sandbox', sms: 'sandbox', email: 'sandbox' } }),
+      NOTIFY_SANDBOX_REPORTS: reportStatuses({ default: ['delivered'] }),
+      NOTIFY_DEEP_LINK_BASE: deepLinkBase({ default: 'comms://' }),
+      NOTIFY_DEFAULT_PLANS: defaultPlans({ default: {} }),
       SHUTDOWN_GRACE_MS: int(0, 600_000)({ default: 10_000 }),
       SHUTDOWN_DRAIN_DELAY_MS: int(0, 600_000)({ default: 1_000 }),
       HEALTH_PROBE_MS: int(100, 60_000)({ default: 2_000 }),
@@ -170,6 +290,22 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       retentionHours: e.FEED_RETENTION_HOURS,
       pruneIntervalMs: e.FEED_PRUNE_INTERVAL_MS,
       cacheEvents: e.FEED_CACHE_EVENTS,
+    },
+    notify: {
+      dispatch: e.NOTIFY_DISPATCH,
+      concurrency: e.NOTIFY_CONCURRENCY,
+      pollMs: e.NOTIFY_POLL_MS,
+      jobHeartbeatSeconds: e.NOTIFY_JOB_HEARTBEAT_SECONDS,
+      superviseSeconds: e.NOTIFY_SUPERVISE_SECONDS,
+      retryLimit: e.NOTIFY_RETRY_LIMIT,
+      jobPoolMax: e.NOTIFY_JOB_POOL_MAX,
+      confirmDeadlineMs: e.NOTIFY_CONFIRM_DEADLINE_MS,
+      providerTimeoutMs: e.NOTIFY_PROVIDER_TIMEOUT_MS,
+      maxErrorsPerStep: e.NOTIFY_MAX_ERRORS_PER_STEP,
+      channelProviders: e.NOTIFY_CHANNEL_PROVIDERS,
+      sandboxReports: e.NOTIFY_SANDBOX_REPORTS,
+      deepLinkBase: e.NOTIFY_DEEP_LINK_BASE,
+      defaultPlans: e.NOTIFY_DEFAULT_PLANS,
     },
     shutdownGraceMs: e.SHUTDOWN_GRACE_MS,
     shutdownDrainDelayMs: e.SHUTDOWN_DRAIN_DELAY_MS,

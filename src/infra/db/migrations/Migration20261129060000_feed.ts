@@ -197,7 +197,7 @@ export class Migration20261129060000_feed extends Migration {
  * after the thread moves on: message_posted on the thread's feed and thread_updated on every
  * participant's inbox.
  */
-const SEND_MESSAGE_WITH_EVENTS_SQL = withText(
+export const SEND_MESSAGE_WITH_EVENTS_SQL = withText(
   SEND_MESSAGE_SQL.replace('create function comms_send_message(', 'create or replace function comms_send_message('),
   `         where tenant_id = p_tenant and thread_id = p_thread;
 `,
@@ -211,7 +211,7 @@ const SEND_MESSAGE_WITH_EVENTS_SQL = withText(
 );
 
 /** `sql` with `addition` inserted after `anchor`, which must occur exactly once. */
-function withText(sql: string, anchor: string, addition: string): string {
+export function withText(sql: string, anchor: string, addition: string): string {
   const at = sql.indexOf(anchor);
   if (at < 0 || sql.indexOf(anchor, at + 1) >= 0) throw new Error('migration anchor must occur exactly once');
   return sql.slice(0, at + anchor.length) + addition + sql.slice(at + anchor.length);

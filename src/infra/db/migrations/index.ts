@@ -6,6 +6,7 @@ import { Migration20261129030000_one_statement_writes } from './Migration2026112
 import { Migration20261129040000_write_functions } from './Migration20261129040000_write_functions.js';
 import { Migration20261129050000_thread_fillfactor } from './Migration20261129050000_thread_fillfactor.js';
 import { Migration20261129060000_feed } from './Migration20261129060000_feed.js';
+import { Migration20261130000000_notifications } from './Migration20261130000000_notifications.js';
 
 /** Every migration, in order. Committed; applied at start by `migrate()`, never `schema:update`. */
 export const migrationsList: MigrationObject[] = [
@@ -16,4 +17,5 @@ export const migrationsList: MigrationObject[] = [
   { name: 'Migration20261129040000_write_functions', class: Migration20261129040000_write_functions },
   { name: 'Migration20261129050000_thread_fillfactor', class: Migration20261129050000_thread_fillfactor },
   { name: 'Migration20261129060000_feed', class: Migration20261129060000_feed },
+  { name: 'Migration20261130000000_notifications', class: Migration20261130000000_notifications },
 ];

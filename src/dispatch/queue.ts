@@ -1,0 +1,99 @@
+import { PgBoss } from 'pg-boss';
+import type { Logger } from '../infra/log/logger.js';
+import { type Dispatcher, RetryLater } from './dispatcher.js';
+
+/** The queue `comms_enqueue_dispatch` writes to (see migration 20261130000000). */
+export const DISPATCH_QUEUE = 'notification-dispatch';
+
+/** Job-queue settings (NOTIFY_* configuration). */
+export interface JobQueueOptions {
+  readonly url: string;
+  /** Run dispatch jobs on this replica (every replica may; each job runs on one at a time). */
+  readonly work: boolean;
+  readonly concurrency: number;
+  readonly pollMs: number;
+  /** A running job that sends no heartbeat for this long is taken for dead and retried elsewhere. */
+  readonly heartbeatSeconds: number;
+  /** How often pg-boss looks for dead jobs. */
+  readonly superviseSeconds: number;
+  readonly retryLimit: number;
+  readonly poolMax: number;
+}
+
+/**
+ * pg-boss, the PostgreSQL job queue: jobs live in the same database, so the transaction that creates an
+ * intent enqueues its job; workers on every replica claim jobs with SKIP LOCKED; a failed job is retried
+ * with exponential backoff; a job whose worker died (no heartbeat) is retried elsewhere. The queue's
+ * policy is `singleton` keyed by the intent, so one intent's jobs never run at the same time.
+ */
+export class JobQueue {
+  readonly #boss: PgBoss;
+
+  private constructor(
+    boss: PgBoss,
+    private readonly log: Logger,
+  ) {
+    this.#boss = boss;
+  }
+
+  static async start(options: JobQueueOptions, dispatcher: Dispatcher, log: Logger): Promise<JobQueue> {
+    const boss = new PgBoss({
+      connectionString: options.url,
+      application_name: 'comms-jobs',
+      max: options.poolMax,
+      superviseIntervalSeconds: options.superviseSeconds,
+    });
+    boss.on('error', (err: unknown) => log.warn({ err: String(err) }, 'job queue error'));
+    await boss.start();
+    const queueOptions = {
+      retryLimit: options.retryLimit,
+      retryDelay: 1,
+      retryBackoff: true,
+      retryDelayMax: 300,
+      heartbeatSeconds: options.heartbeatSeconds,
+      expireInSeconds: 900,
+    };
+    try {
+      if (await boss.getQueue(DISPATCH_QUEUE)) await boss.updateQueue(DISPATCH_QUEUE, queueOptions);
+      else await boss.createQueue(DISPATCH_QUEUE, { ...queueOptions, policy: 'singleton' });
+    } catch (err) {
+      // Another replica created it at the same moment.
+      if (!(await boss.getQueue(DISPATCH_QUEUE))) throw err;
+    }
+    const queue = new JobQueue(boss, log);
+    if (options.work) {
+      // Two workers each take a batch and run its jobs side by side; while batches come back full
+      // they fetch again at once (a backlog drains at full speed, an idle queue is polled).
+      await boss.work<{ tenant: string; id: string }>(
+        DISPATCH_QUEUE,
+        {
+          localConcurrency: 2,
+          batchSize: Math.max(1, Math.ceil(options.concurrency / 2)),
+          burstWhenBatchFull: true,
+          perJobResults: true,
+          pollingIntervalSeconds: options.pollMs / 1000,
+        },
+        async (batch) =>
+          Promise.all(
+            batch.map(async (job) => {
+              try {
+                await dispatcher.run(job.data.tenant, job.data.id);
+                return { id: job.id, status: 'completed' as const };
+              } catch (err) {
+                if (!(err instanceof RetryLater))
+                  log.error({ err, notificationId: job.data.id }, 'dispatch job failed');
+                return { id: job.id, status: 'failed' as const, output: { error: String(err) } };
+              }
+            }),
+          ),
+      );
+    }
+    return queue;
+  }
+
+  /** Stops taking jobs, lets running ones finish (up to `timeoutMs`), closes the pool. */
+  async stop(timeoutMs: number): Promise<void> {
+    await this.#boss.stop({ graceful: true, timeout: Math.max(timeoutMs, 1) });
+    this.log.debug('job queue stopped');
+  }
+}

@@ -1,0 +1,127 @@
+import { credentials } from '@grpc/grpc-js';
+import { expect } from 'chai';
+import { type Notification, NotificationServiceClient, NotificationStatus } from '../../gen/comms/v1/notification.js';
+import { call, type TestUser } from './clients.js';
+import { env } from './hooks.js';
+import { db } from './threads.js';
+import { sleep } from './messages.js';
+
+/** A NotificationService client on the shared test server. */
+export function notificationClient(address = env.address): NotificationServiceClient {
+  return new NotificationServiceClient(address, credentials.createInsecure());
+}
+
+/** GetNotification as `user`. */
+export async function getNotification(
+  client: NotificationServiceClient,
+  user: TestUser,
+  notificationId: string,
+): Promise<Notification> {
+  const res = await call(client, client.getNotification, { notificationId }, user.md);
+  return res.notification!;
+}
+
+/** Every intent of `recipient` as `user` sees them (newest first). */
+export async function listAll(
+  client: NotificationServiceClient,
+  user: TestUser,
+  recipientUserId = '',
+): Promise<Notification[]> {
+  const out: Notification[] = [];
+  let pageToken = '';
+  do {
+    const res = await call(
+      client,
+      client.listNotifications,
+      { pageSize: 200, pageToken, recipientUserId, status: 0, kind: 0 },
+      user.md,
+    );
+    out.push(...res.notifications);
+    pageToken = res.nextPageToken;
+  } while (pageToken !== '');
+  return out;
+}
+
+const FINAL = new Set([
+  NotificationStatus.NOTIFICATION_STATUS_DELIVERED,
+  NotificationStatus.NOTIFICATION_STATUS_FAILED,
+  NotificationStatus.NOTIFICATION_STATUS_SUPPRESSED,
+  NotificationStatus.NOTIFICATION_STATUS_CANCELLED,
+]);
+
+/** Polls GetNotification until `done` holds (default: a final status); fails after `timeoutMs`. */
+export async function waitForNotification(
+  client: NotificationServiceClient,
+  user: TestUser,
+  notificationId: string,
+  done: (n: Notification) => boolean = (n) => FINAL.has(n.status),
+  timeoutMs = 15_000,
+): Promise<Notification> {
+  const until = Date.now() + timeoutMs;
+  let last: Notification | undefined;
+  while (Date.now() < until) {
+    last = await getNotification(client, user, notificationId);
+    if (done(last)) return last;
+    await sleep(100);
+  }
+  const { rows: jobs } = await db().query(
+    'select state, retry_count, start_after, started_on, completed_on, output from pgboss.job where singleton_key = $1',
+    [notificationId],
+  );
+  const { rows: queue } = await db().query(
+    `select state, count(*)::int, min(start_after) from pgboss.job where start_after < now() group by state`,
+  );
+  jobs.push(...queue);
+  expect.fail(
+    `notification ${notificationId} did not get there in ${timeoutMs} ms; last: ${JSON.stringify(last)}; jobs: ${JSON.stringify(jobs)}`,
+  );
+}
+
+/** Stored intents of a tenant (straight from the table). */
+export async function storedIntents(tenantId: string): Promise<Record<string, unknown>[]> {
+  const { rows } = await db().query('select * from notification_intent where tenant_id = $1 order by created_at', [
+    tenantId,
+  ]);
+  return rows;
+}
+
+/** What the sandbox provider was asked to send for a tenant, one row per request. */
+export async function sandboxSends(tenantId: string): Promise<Record<string, unknown>[]> {
+  const { rows } = await db().query('select * from sandbox_message where tenant_id = $1 order by accepted_at', [
+    tenantId,
+  ]);
+  return rows;
+}
+
+/** Tells the sandbox how to treat requests for `userId` on `channel` ('*' = every channel). */
+export async function sandboxBehavior(
+  tenantId: string,
+  userId: string,
+  b: {
+    channel?: string;
+    outcome?: 'accept' | 'reject' | 'error' | 'timeout';
+    delayMs?: number;
+    reports?: string[] | null;
+  },
+): Promise<void> {
+  await db().query(
+    `insert into sandbox_behavior (tenant_id, recipient_user_id, channel, outcome, delay_ms, reports)
+     values ($1, $2, $3, $4, $5, $6)
+     on conflict (tenant_id, recipient_user_id, channel) do update
+       set outcome = excluded.outcome, delay_ms = excluded.delay_ms, reports = excluded.reports`,
+    [tenantId, userId, b.channel ?? '*', b.outcome ?? 'accept', b.delayMs ?? 0, b.reports ?? null],
+  );
+}
+
+/** Per-tenant notification settings (default plans per kind), overriding the defaults for one tenant. */
+export async function tenantPlans(
+  tenantId: string,
+  kindPlans: Readonly<Record<string, readonly unknown[]>>,
+): Promise<void> {
+  await db().query(
+    `insert into notification_settings (tenant_id, kind_plans, deep_link_base, previews)
+     values ($1, $2, 'comms://', false)
+     on conflict (tenant_id) do update set kind_plans = excluded.kind_plans`,
+    [tenantId, JSON.stringify(kindPlans)],
+  );
+}
