@@ -15,10 +15,12 @@ import {
   notificationClient,
   sandboxSends,
   tenantPlans,
+  useDispatcher,
   waitForNotification,
 } from '../support/notifications.js';
 
 describe('NotificationService: intents of posted messages', () => {
+  useDispatcher();
   let threads: ReturnType<typeof threadClient>;
   let messages: ReturnType<typeof messageClient>;
   let notifications: ReturnType<typeof notificationClient>;

@@ -19,6 +19,9 @@ export function testConfig(overrides: Record<string, string> = {}): Config {
     // Tenants send nothing unless a test gives its tenant plans (test/support/notifications.ts): the
     // other suites' messages do not fill the job queue the notification tests wait on.
     NOTIFY_DEFAULT_PLANS: JSON.stringify(Object.fromEntries(KINDS.map((k) => [k, []]))),
+    // The shared server is an API replica: a notification test that needs jobs run starts a dispatcher
+    // (useDispatcher), so each suite knows which instances take its jobs.
+    NOTIFY_DISPATCH: 'false',
     ...overrides,
   });
 }

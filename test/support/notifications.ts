@@ -2,9 +2,27 @@ import { credentials } from '@grpc/grpc-js';
 import { expect } from 'chai';
 import { type Notification, NotificationServiceClient, NotificationStatus } from '../../gen/comms/v1/notification.js';
 import { call, type TestUser } from './clients.js';
-import { env } from './hooks.js';
+import type { App } from '../../src/app.js';
+import { env, startTestApp } from './hooks.js';
 import { db } from './threads.js';
 import { sleep } from './messages.js';
+
+/**
+ * Runs a dispatching instance (NOTIFY_DISPATCH=true, with `overrides`) on the test database for the
+ * suite: started in `before`, stopped in `after`. The shared test server only serves the API.
+ */
+export function useDispatcher(overrides: Record<string, string> = {}): { readonly app: App } {
+  const holder = {} as { app: App };
+  before(async function () {
+    this.timeout(30_000);
+    holder.app = await startTestApp({ NOTIFY_DISPATCH: 'true', NOTIFY_POLL_MS: '500', ...overrides });
+  });
+  after(async function () {
+    this.timeout(30_000);
+    await holder.app?.shutdown();
+  });
+  return holder;
+}
 
 /** A NotificationService client on the shared test server. */
 export function notificationClient(address = env.address): NotificationServiceClient {
