@@ -164,7 +164,8 @@ export class Dispatcher {
           await repo.update(tenantId, notificationId, { nextStep: action.step + 1, now });
           return { type: 'reconsider' };
         case 'wait':
-          if (intent.nextDispatchAt?.getTime() !== action.until.getTime()) {
+          // A job is already due then, unless this run is that job (or ran a little early by its clock).
+          if (intent.nextDispatchAt?.getTime() !== action.until.getTime() || action.until.getTime() - now.getTime() < 1000) {
             await repo.update(tenantId, notificationId, { state: 'pending', nextDispatchAt: action.until, now });
             await repo.enqueue(tenantId, [{ notificationId, at: action.until }]);
           }

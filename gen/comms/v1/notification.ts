@@ -249,8 +249,9 @@ export enum ChannelPlanCondition {
   /** CHANNEL_PLAN_CONDITION_ALWAYS - Runs at its delay, whatever happened before. */
   CHANNEL_PLAN_CONDITION_ALWAYS = 1,
   /**
-   * CHANNEL_PLAN_CONDITION_IF_UNREAD - Runs at its delay only if the recipient has still not read the source message; for kinds without
-   * a message it behaves as IF_NOT_DELIVERED.
+   * CHANNEL_PLAN_CONDITION_IF_UNREAD - Runs at its delay only if the recipient has still not read the source message, and early, as soon
+   * as every earlier attempt has ended FAILED or UNDELIVERED (nothing can have reached the recipient);
+   * for kinds without a message it behaves as IF_NOT_DELIVERED.
    */
   CHANNEL_PLAN_CONDITION_IF_UNREAD = 2,
   /**

@@ -96,14 +96,18 @@ function planAction(input: PlanInput): PlanAction {
     return { type: 'skip', step: i };
   if (!input.allows(step.channel)) return { type: 'skip', step: i };
 
-  const delivered = attempts.some((a) => a.derived === 'delivered' || a.derived === 'read');
-  if (step.condition !== 'always' && delivered) return { type: 'settle' };
+  // IF_UNREAD asks about the message being read (handled above), not about delivery; for kinds without
+  // a message it is IF_NOT_DELIVERED.
+  const deliveryMatters = step.condition === 'if_not_delivered' || (step.condition === 'if_unread' && input.kind !== 'message_posted');
+  if (deliveryMatters && attempts.some((a) => a.derived === 'delivered' || a.derived === 'read')) {
+    return { type: 'settle' };
+  }
   const earlier = attempts.filter((a) => a.attempt.planStep! < i);
   const earlierFailed = earlier.length > 0 && earlier.every((a) => attemptFailed(a) || unconfirmed(a, input));
   let due = input.createdAt.getTime() + step.delay_ms;
   if (step.condition !== 'always') {
     if (earlierFailed) due = now.getTime();
-    else if (step.condition === 'if_not_delivered' || input.kind !== 'message_posted') {
+    else if (deliveryMatters) {
       // Fall back when an earlier attempt stays unconfirmed past its deadline, if that comes first.
       for (const a of earlier) {
         if (a.attempt.outcome === 'accepted' && !isTerminal(a.derived)) {

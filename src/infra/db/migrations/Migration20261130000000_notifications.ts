@@ -316,11 +316,12 @@ export class Migration20261130000000_notifications extends Migration {
 
 /**
  * comms_send_message of migration 20261129060000, plus a MESSAGE_POSTED intent for every other
- * participant, created with the message (a retry finds the earlier message and creates nothing).
+ * participant, created with the message (a retry finds the earlier message and creates nothing), before
+ * the feed append, which stays the last thing the transaction does.
  */
 const SEND_MESSAGE_WITH_NOTIFICATIONS_SQL = withText(
   SEND_MESSAGE_WITH_EVENTS_SQL,
-  `          m.sent_at);
+  `         where tenant_id = p_tenant and thread_id = p_thread;
 `,
   `        perform comms_notify(
           p_tenant, 'message_posted', '', m.message_id::text,
