@@ -265,7 +265,7 @@ export class Migration20261130000000_notifications extends Migration {
           when p_thread is not null then 'threads/' || p_thread
           when p_session is not null then 'sessions/' || p_session
           else 'notifications' end;
-        with planned as (
+        with planned as materialized (
           select r.user_id,
                  (select coalesce(jsonb_agg(st.step order by st.n), '[]')
                     from jsonb_array_elements(v_plan) with ordinality as st(step, n)
