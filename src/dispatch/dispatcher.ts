@@ -165,7 +165,10 @@ export class Dispatcher {
           return { type: 'reconsider' };
         case 'wait':
           // A job is already due then, unless this run is that job (or ran a little early by its clock).
-          if (intent.nextDispatchAt?.getTime() !== action.until.getTime() || action.until.getTime() - now.getTime() < 1000) {
+          if (
+            intent.nextDispatchAt?.getTime() !== action.until.getTime() ||
+            action.until.getTime() - now.getTime() < 1000
+          ) {
             await repo.update(tenantId, notificationId, { state: 'pending', nextDispatchAt: action.until, now });
             await repo.enqueue(tenantId, [{ notificationId, at: action.until }]);
           }

@@ -143,3 +143,148 @@ export async function tenantPlans(
     [tenantId, JSON.stringify(kindPlans)],
   );
 }
+
+// ---- Request builders, preferences and quiet-hours windows for the notification suites ----
+
+import {
+  type Channel,
+  ChannelPlanCondition,
+  type ChannelPlanStep,
+  DeliveryStatus,
+  type DispatchRecord as PbDispatchRecord,
+  type NotificationPreferences,
+  type QuietHours as PbQuietHours,
+  type ReportDeliveryRequest,
+  type RequestNotificationRequest,
+} from '../../gen/comms/v1/notification.js';
+import { localMinute } from '../../src/domain/notification/quiet-hours.js';
+import { newKey } from './messages.js';
+
+/** A plan step as a request gives it (ALWAYS unless told). */
+export function planStep(
+  channel: Channel,
+  delayMs = 0,
+  condition: ChannelPlanCondition = ChannelPlanCondition.CHANNEL_PLAN_CONDITION_ALWAYS,
+): ChannelPlanStep {
+  return {
+    channel,
+    delay: { seconds: String(Math.floor(delayMs / 1000)), nanos: (delayMs % 1000) * 1e6 },
+    condition,
+  };
+}
+
+/** RequestNotification as `user`; unset fields default to a fresh dedupe key, template `generic`, no ids. */
+export async function requestNotification(
+  client: NotificationServiceClient,
+  user: TestUser,
+  req: Partial<RequestNotificationRequest> & { recipientUserId: string },
+): Promise<Notification> {
+  const res = await call(
+    client,
+    client.requestNotification,
+    {
+      dedupeKey: newKey('dedupe'),
+      templateKey: 'generic',
+      threadId: '',
+      messageId: '',
+      sessionId: '',
+      urgent: false,
+      channelPlan: [],
+      ...req,
+    },
+    user.md,
+  );
+  return res.notification!;
+}
+
+/** ReportDelivery as `user`; unset fields default to the sandbox, fresh ids, DELIVERED, now. */
+export async function reportDelivery(
+  client: NotificationServiceClient,
+  user: TestUser,
+  req: Partial<ReportDeliveryRequest> = {},
+): Promise<PbDispatchRecord> {
+  const res = await call(
+    client,
+    client.reportDelivery,
+    {
+      provider: 'sandbox',
+      providerMessageId: newKey('pm'),
+      providerEventId: newKey('ev'),
+      status: DeliveryStatus.DELIVERY_STATUS_DELIVERED,
+      providerTimestamp: new Date(),
+      errorCode: '',
+      errorMessage: '',
+      ...req,
+    },
+    user.md,
+  );
+  return res.record!;
+}
+
+/** GetNotificationPreferences as `user` (of `userId`, default the caller). */
+export async function getPreferences(
+  client: NotificationServiceClient,
+  user: TestUser,
+  userId = '',
+): Promise<NotificationPreferences> {
+  return (await call(client, client.getNotificationPreferences, { userId }, user.md)).preferences!;
+}
+
+/** UpdateNotificationPreferences as `user`. */
+export async function updatePreferences(
+  client: NotificationServiceClient,
+  user: TestUser,
+  req: { userId?: string; preferences?: Partial<NotificationPreferences>; updateMask?: string[]; etag?: string },
+): Promise<NotificationPreferences> {
+  const res = await call(
+    client,
+    client.updateNotificationPreferences,
+    {
+      userId: req.userId ?? '',
+      preferences: req.preferences && {
+        userId: '',
+        kindChannels: [],
+        quietHours: undefined,
+        etag: '',
+        updatedAt: undefined,
+        ...req.preferences,
+      },
+      updateMask: req.updateMask ?? [],
+      etag: req.etag ?? '',
+    },
+    user.md,
+  );
+  return res.preferences!;
+}
+
+/**
+ * A quiet-hours window in `timeZone` that contains `at`: from `beforeMinutes` before to `afterMinutes`
+ * after it on the local clock (whole minutes). With no daylight-saving change in between, the window
+ * ends at `end` (the start of `at`'s minute plus `afterMinutes`).
+ */
+export function quietWindowAround(
+  at: Date,
+  timeZone: string,
+  beforeMinutes: number,
+  afterMinutes: number,
+): { quietHours: PbQuietHours; end: Date } {
+  const m = localMinute(at, timeZone);
+  const start = (m - beforeMinutes + 1440) % 1440;
+  const end = (m + afterMinutes) % 1440;
+  return {
+    quietHours: {
+      start: { hours: Math.floor(start / 60), minutes: start % 60 },
+      end: { hours: Math.floor(end / 60), minutes: end % 60 },
+      timeZone,
+    },
+    end: new Date(Math.floor(at.getTime() / 60_000) * 60_000 + afterMinutes * 60_000),
+  };
+}
+
+/** How many rows of `table` a tenant has. */
+export async function tenantRows(table: string, tenantId: string): Promise<number> {
+  const { rows } = await db().query<{ n: number }>(`select count(*)::int as n from ${table} where tenant_id = $1`, [
+    tenantId,
+  ]);
+  return rows[0]!.n;
+}

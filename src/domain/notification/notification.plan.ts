@@ -98,12 +98,17 @@ function planAction(input: PlanInput): PlanAction {
 
   // IF_UNREAD asks about the message being read (handled above), not about delivery; for kinds without
   // a message it is IF_NOT_DELIVERED.
-  const deliveryMatters = step.condition === 'if_not_delivered' || (step.condition === 'if_unread' && input.kind !== 'message_posted');
+  const deliveryMatters =
+    step.condition === 'if_not_delivered' || (step.condition === 'if_unread' && input.kind !== 'message_posted');
+  // A fallback no longer needed is skipped; a later ALWAYS step still runs at its delay.
   if (deliveryMatters && attempts.some((a) => a.derived === 'delivered' || a.derived === 'read')) {
-    return { type: 'settle' };
+    return { type: 'skip', step: i };
   }
   const earlier = attempts.filter((a) => a.attempt.planStep! < i);
-  const earlierFailed = earlier.length > 0 && earlier.every((a) => attemptFailed(a) || unconfirmed(a, input));
+  // Nothing reached the recipient: every earlier attempt failed (for a fallback on delivery, also one
+  // still unconfirmed past its deadline counts; an unread message may simply not have been read yet).
+  const earlierFailed =
+    earlier.length > 0 && earlier.every((a) => attemptFailed(a) || (deliveryMatters && unconfirmed(a, input)));
   let due = input.createdAt.getTime() + step.delay_ms;
   if (step.condition !== 'always') {
     if (earlierFailed) due = now.getTime();

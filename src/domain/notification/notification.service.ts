@@ -3,7 +3,7 @@ import { hasRole } from '../actor.js';
 import type { Clock } from '../clock.js';
 import { boundByDeadline, type Db } from '../db.js';
 import { InvalidArgument, Violations } from '../errors.js';
-import { newId } from '../ids.js';
+import { isUuid, newId } from '../ids.js';
 import { MessageNotFound } from '../message/message.errors.js';
 import { decodePageToken, encodePageToken } from '../page-token.js';
 import { SessionNotFound } from '../session/session.errors.js';
@@ -157,7 +157,9 @@ export class NotificationService {
         t.s !== filter.s ||
         t.kd !== filter.kd ||
         typeof t.c !== 'string' ||
-        typeof t.i !== 'string'
+        typeof t.i !== 'string' ||
+        !isUuid(t.i) ||
+        Number.isNaN(new Date(t.c).getTime())
       ) {
         throw new InvalidArgument([{ field: 'page_token', description: 'was issued for another filter' }]);
       }

@@ -16,9 +16,9 @@ function formatter(timeZone: string): Intl.DateTimeFormat {
   return f;
 }
 
-/** True when `timeZone` is an IANA zone name this runtime knows. */
+/** True when `timeZone` is an IANA zone name this runtime knows (not an offset such as `+05:00`). */
 export function isKnownTimeZone(timeZone: string): boolean {
-  if (timeZone === '' || timeZone.length > 64) return false;
+  if (timeZone === '' || timeZone.length > 64 || /^[+-]\d/.test(timeZone)) return false;
   try {
     formatter(timeZone);
     return true;
@@ -45,8 +45,9 @@ export function inQuietHours(at: Date, q: QuietHours): boolean {
 }
 
 /**
- * The first instant after `at` at which the window has ended (local time reaches `endMinute`). Walks
- * forward by the local minutes left and corrects once for a daylight-saving change in between.
+ * The first whole minute after `at` that is outside the window. Jumps by the local minutes left until
+ * `endMinute`, corrects once for a daylight-saving change in between, then walks minute by minute while
+ * still inside (an end inside a skipped hour ends when the clocks jump past it).
  */
 export function quietHoursEnd(at: Date, q: QuietHours): Date {
   const minuteStart = Math.floor(at.getTime() / 60_000) * 60_000;
@@ -54,5 +55,7 @@ export function quietHoursEnd(at: Date, q: QuietHours): Date {
   let end = minuteStart + ahead * 60_000;
   const drift = ((localMinute(new Date(end), q.timeZone) - q.endMinute + 720 + 1440) % 1440) - 720;
   end -= drift * 60_000;
-  return new Date(end <= at.getTime() ? end + 60_000 : end);
+  if (end <= at.getTime()) end = minuteStart + 60_000;
+  for (let guard = 0; guard < 1500 && inQuietHours(new Date(end), q); guard++) end += 60_000;
+  return new Date(end);
 }

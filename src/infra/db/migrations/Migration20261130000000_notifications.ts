@@ -100,7 +100,7 @@ export class Migration20261130000000_notifications extends Migration {
     this.addSql(`
       create function comms_guard_notification_intent() returns trigger language plpgsql as $$
       begin
-        if tg_op = 'DELETE' then
+        if tg_op in ('DELETE', 'TRUNCATE') then
           raise exception 'notification intents are never deleted' using errcode = 'insufficient_privilege';
         end if;
         if (new.tenant_id, new.notification_id, new.recipient_user_id, new.kind, new.requested_by, new.event_id,
@@ -112,10 +112,12 @@ export class Migration20261130000000_notifications extends Migration {
             old.created_at) then
           raise exception 'what a notification intent is about never changes' using errcode = 'insufficient_privilege';
         end if;
-        if old.state in ('suppressed', 'cancelled') and new.state <> old.state then
+        if old.state in ('suppressed', 'cancelled')
+           and (new.state, new.state_reason) is distinct from (old.state, old.state_reason) then
           raise exception 'a % notification intent stays so', old.state using errcode = 'insufficient_privilege';
         end if;
-        if old.quiet_hours_bypassed and not new.quiet_hours_bypassed then
+        if old.quiet_hours_bypassed
+           and (not new.quiet_hours_bypassed or new.quiet_hours_bypass_reason <> old.quiet_hours_bypass_reason) then
           raise exception 'a recorded quiet-hours bypass is never cleared' using errcode = 'insufficient_privilege';
         end if;
         return new;
@@ -123,6 +125,9 @@ export class Migration20261130000000_notifications extends Migration {
     this.addSql(`
       create trigger notification_intent_guard before update or delete on notification_intent
         for each row execute function comms_guard_notification_intent()`);
+    this.addSql(`
+      create trigger notification_intent_no_truncate before truncate on notification_intent
+        for each statement execute function comms_guard_notification_intent()`);
 
     this.addSql(`
       create table dispatch_record (
