@@ -554,8 +554,9 @@ export interface Notification {
    */
   dispatchRecords: DispatchRecord[];
   /**
-   * Server time the next plan step is due (after its delay, or deferred to the end of the recipient's
-   * quiet hours); unset when no step is pending.
+   * Server time the dispatcher next looks at the intent: the next plan step's due time (after its
+   * delay, or deferred to the end of the recipient's quiet hours), or an accepted attempt's
+   * confirmation deadline if that comes first; unset when nothing is pending.
    */
   nextDispatchAt:
     | Date

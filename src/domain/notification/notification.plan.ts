@@ -70,15 +70,17 @@ export function nextAction(input: PlanInput): PlanAction {
     if (a.attempt.outcome === 'timeout' || unconfirmed(a, input)) return { type: 'reconcile', attempt: a };
   }
   const action = planAction(input);
-  if (action.type !== 'settle') return action;
-  // Done sending; an accepted attempt still unconfirmed is looked up at its deadline.
+  if (action.type !== 'settle' && action.type !== 'wait') return action;
+  // An accepted attempt still unconfirmed is looked up at its deadline, also when nothing else is due.
   let recheck = Infinity;
   for (const a of attempts) {
     if (a.attempt.outcome === 'accepted' && !isTerminal(a.derived) && !reconciled(a)) {
       recheck = Math.min(recheck, a.attempt.recordedAt.getTime() + input.confirmDeadlineMs);
     }
   }
-  return recheck === Infinity ? action : { type: 'wait', until: new Date(recheck) };
+  if (recheck === Infinity) return action;
+  if (action.type === 'wait' && action.until.getTime() <= recheck) return action;
+  return { type: 'wait', until: new Date(recheck) };
 }
 
 function planAction(input: PlanInput): PlanAction {

@@ -24,6 +24,7 @@ import {
   deriveDeliveryStatus,
   deriveStatus,
   type DispatchRecord,
+  isTerminal,
   linkRecords,
   MAX_PLAN_STEPS,
   MAX_STEP_DELAY_MS,
@@ -291,7 +292,15 @@ export class NotificationService {
     const attempts = linkRecords(await repo.records(tenantId, [notificationId]));
     const owner = attempts.find((a) => a.linked.some((r) => r.recordId === stored.recordId));
     if (inserted && owner && attemptFailed(owner)) {
+      // The next plan step may run now (fallback): the dispatcher decides.
       await repo.enqueue(tenantId, [{ notificationId, at: this.clock.now() }]);
+    } else if (inserted && owner && isTerminal(owner.derived)) {
+      // Delivered and no step left: nothing is pending any more (the confirmation check would find so).
+      const intent = await repo.find(tenantId, notificationId, true);
+      const open = attempts.some((a) => a.attempt.outcome === 'accepted' && !isTerminal(a.derived));
+      if (intent && !intent.claim && !open && intent.state === 'pending' && intent.nextStep >= intent.plan.length) {
+        await repo.update(tenantId, notificationId, { state: 'settled', nextDispatchAt: null, now: this.clock.now() });
+      }
     }
     return { record: stored, attempt: owner?.attempt, derived: 'unspecified' };
   }
