@@ -23,6 +23,9 @@ export interface DispatchOptions {
 /** Thrown after a transient provider error is recorded, so the job queue retries with backoff. */
 export class RetryLater extends Error {}
 
+/** Fields of the intent a decision changes. */
+type IntentChange = Omit<Parameters<NotificationRepository['update']>[2], 'now'>;
+
 /** A provider's answer to a claimed attempt, recorded by the next decision. */
 interface Answered {
   readonly claim: Claim;
@@ -86,44 +89,53 @@ export class Dispatcher {
    */
   #decide(tenantId: string, notificationId: string, answered: Answered | undefined): Promise<Decision> {
     return this.#tx(async (repo) => {
-      if (answered?.result.outcome === 'accepted') {
-        await repo.lockProviderMessage(tenantId, answered.claim.provider, answered.result.providerMessageId);
-      }
-      let intent = await repo.find(tenantId, notificationId, true);
-      if (!intent) return { type: 'done' };
+      const accepted = answered?.result.outcome === 'accepted' ? answered.result : undefined;
+      const ctx = await repo.load(
+        tenantId,
+        notificationId,
+        accepted && { provider: answered!.claim.provider, providerMessageId: accepted.providerMessageId },
+      );
+      if (!ctx) return { type: 'done' };
+      let { intent } = ctx;
+      const records = [...ctx.records];
       const now = this.clock.now();
+      // The intent's new state, written once at the end of the decision.
+      let change: IntentChange = {};
+      const apply = async (more: IntentChange = {}) => {
+        change = { ...change, ...more };
+        if (Object.keys(change).length > 0) await repo.update(tenantId, notificationId, { ...change, now });
+      };
       if (answered) {
         if (intent.claim?.reference !== answered.claim.reference) {
           await this.#lateAnswer(repo, intent, answered, now);
           return { type: 'done' };
         }
         const { claim, result } = answered;
-        await repo.append(attemptRecord(intent, claim, result, now), tenantId);
+        const record = attemptRecord(intent, claim, result, now);
+        await repo.append(record, tenantId);
+        records.push(record);
         const advance = result.outcome === 'accepted' || result.outcome === 'rejected';
-        await repo.update(tenantId, notificationId, {
-          claim: null,
-          state: 'pending',
-          nextStep: advance ? claim.step + 1 : claim.step,
-          now,
-        });
+        change = { claim: null, state: 'pending', nextStep: advance ? claim.step + 1 : claim.step };
+        intent = { ...intent, claim: null, state: 'pending', nextStep: change.nextStep! };
         // A transient error: the job queue retries the job with backoff.
-        if (result.outcome === 'error') return { type: 'retry', why: `${claim.provider}: ${result.errorCode}` };
-        intent = { ...intent, claim: null, state: 'pending', nextStep: advance ? claim.step + 1 : claim.step };
+        if (result.outcome === 'error') {
+          await apply();
+          return { type: 'retry', why: `${claim.provider}: ${result.errorCode}` };
+        }
       } else if (intent.claim) {
         // A claim nobody answered: the dispatcher that made it stopped during the provider call.
-        await repo.append(
-          attemptRecord(intent, intent.claim, timedOut('the dispatcher stopped during the request'), now),
-          tenantId,
-        );
-        await repo.update(tenantId, notificationId, { claim: null, state: 'pending', now });
+        const record = attemptRecord(intent, intent.claim, timedOut('the dispatcher stopped during the request'), now);
+        await repo.append(record, tenantId);
+        records.push(record);
+        change = { claim: null, state: 'pending' };
         intent = { ...intent, claim: null, state: 'pending' };
       }
-      if (intent.state === 'suppressed' || intent.state === 'cancelled') return { type: 'done' };
-      const attempts = linkRecords(await repo.records(tenantId, [notificationId]));
-      const message =
-        intent.kind === 'message_posted' ? await repo.messageState(intent) : { member: true, read: false };
-      const prefs = await repo.preferences(tenantId, intent.recipientUserId);
-      const allowed = prefs?.kindChannels[intent.kind];
+      if (intent.state === 'suppressed' || intent.state === 'cancelled') {
+        await apply();
+        return { type: 'done' };
+      }
+      const attempts = linkRecords(records);
+      const allowed = ctx.preferences?.kindChannels[intent.kind];
       const action = nextAction({
         kind: intent.kind,
         plan: intent.plan,
@@ -131,16 +143,17 @@ export class Dispatcher {
         createdAt: intent.createdAt,
         urgent: intent.urgent,
         attempts,
-        read: message.read,
-        relevant: message.member,
+        read: ctx.read,
+        relevant: ctx.member,
         allows: (channel) => channel === 'in_app' || allowed === undefined || allowed.includes(channel),
-        quietHours: prefs?.quietHours,
+        quietHours: ctx.preferences?.quietHours,
         now,
         confirmDeadlineMs: this.options.confirmDeadlineMs,
         maxErrorsPerStep: this.options.maxErrorsPerStep,
       });
       switch (action.type) {
         case 'reconcile':
+          await apply();
           return { type: 'reconcile', intent, attempt: action.attempt };
         case 'send': {
           const claim: Claim = {
@@ -151,17 +164,11 @@ export class Dispatcher {
             provider: this.providers.byChannel[action.channel].name,
             claimedAt: now,
           };
-          await repo.update(tenantId, notificationId, {
-            state: 'dispatching',
-            claim,
-            nextDispatchAt: null,
-            bypass: action.bypass,
-            now,
-          });
+          await apply({ state: 'dispatching', claim, nextDispatchAt: null, bypass: action.bypass });
           return { type: 'send', intent, claim };
         }
         case 'skip':
-          await repo.update(tenantId, notificationId, { nextStep: action.step + 1, now });
+          await apply({ nextStep: action.step + 1 });
           return { type: 'reconsider' };
         case 'wait':
           // A job is already due then, unless this run is that job (or ran a little early by its clock).
@@ -169,29 +176,23 @@ export class Dispatcher {
             intent.nextDispatchAt?.getTime() !== action.until.getTime() ||
             action.until.getTime() - now.getTime() < 1000
           ) {
-            await repo.update(tenantId, notificationId, { state: 'pending', nextDispatchAt: action.until, now });
+            await apply({ state: 'pending', nextDispatchAt: action.until });
             await repo.enqueue(tenantId, [{ notificationId, at: action.until }]);
-          }
+          } else await apply();
           return { type: 'done' };
         case 'settle':
-          if (intent.state !== 'settled' || intent.nextDispatchAt !== null) {
-            await repo.update(tenantId, notificationId, { state: 'settled', nextDispatchAt: null, now });
-          }
+          await apply(
+            intent.state !== 'settled' || intent.nextDispatchAt !== null
+              ? { state: 'settled', nextDispatchAt: null }
+              : {},
+          );
           return { type: 'done' };
         case 'suppress':
-          await repo.update(tenantId, notificationId, {
-            state: 'suppressed',
-            stateReason: action.reason,
-            nextDispatchAt: null,
-            now,
-          });
-          return { type: 'done' };
         case 'cancel':
-          await repo.update(tenantId, notificationId, {
-            state: 'cancelled',
+          await apply({
+            state: action.type === 'suppress' ? 'suppressed' : 'cancelled',
             stateReason: action.reason,
             nextDispatchAt: null,
-            now,
           });
           return { type: 'done' };
       }

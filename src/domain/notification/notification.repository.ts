@@ -47,6 +47,15 @@ export interface Claim {
   readonly claimedAt: Date;
 }
 
+/** What a dispatch decision is made from (see `load`). */
+export interface DispatchContext {
+  readonly intent: Intent;
+  readonly records: DispatchRecord[];
+  readonly member: boolean;
+  readonly read: boolean;
+  readonly preferences: Preferences | undefined;
+}
+
 /** A user's stored preferences. */
 export interface Preferences {
   readonly userId: string;
@@ -111,6 +120,39 @@ export class NotificationRepository {
     return rows[0] && intentFromRow(rows[0]);
   }
 
+  /**
+   * Everything a dispatch decision needs, in one round trip (`comms_dispatch_load`): the intent, locked
+   * until commit; its records with the linked reports; for MESSAGE_POSTED whether the recipient still
+   * takes part and has read the message; the recipient's preferences. With `message`, first takes that
+   * provider message id's lock and includes the reports already stored for it.
+   */
+  async load(
+    tenantId: string,
+    notificationId: string,
+    message?: { provider: string; providerMessageId: string },
+  ): Promise<DispatchContext | undefined> {
+    const rows: { r: string | Record<string, unknown> | null }[] = await this.em.execute(
+      'select comms_dispatch_load(?, ?::uuid, ?, ?) as r',
+      [tenantId, notificationId, message?.provider ?? null, message?.providerMessageId ?? null],
+    );
+    const raw = rows[0]?.r;
+    if (!raw) return undefined;
+    const r = (typeof raw === 'string' ? JSON.parse(raw) : raw) as {
+      intent: Record<string, unknown>;
+      records: Record<string, unknown>[];
+      member: boolean;
+      read: boolean;
+      prefs: Record<string, unknown> | null;
+    };
+    return {
+      intent: intentFromRow(r.intent),
+      records: r.records.map(recordFromRow),
+      member: r.member,
+      read: r.read,
+      preferences: r.prefs ? preferencesFromRow(r.prefs) : undefined,
+    };
+  }
+
   /** A recipient's intents, newest first, after the keyset position `after`. */
   async page(
     tenantId: string,
@@ -150,7 +192,7 @@ export class NotificationRepository {
        select * from own
        union all
        select r.* from dispatch_record r
-        where r.tenant_id = ? and r.kind = 'delivery_report'
+        where r.tenant_id = ? and r.kind = 'delivery_report' and r.provider_message_id <> ''
           and (r.provider, r.provider_message_id) in (select o.provider, o.provider_message_id from own o
                                                        where o.provider_message_id <> '')
        order by recorded_at, record_id`,
@@ -274,32 +316,6 @@ export class NotificationRepository {
     ]);
   }
 
-  /** For MESSAGE_POSTED: whether the recipient still takes part in the thread and has read the message. */
-  async messageState(intent: Intent): Promise<{ member: boolean; read: boolean }> {
-    const rows: { member: boolean; read: boolean }[] = await this.em.execute(
-      `select exists (select 1 from thread_participant p
-                       where p.tenant_id = ? and p.thread_id = ?::uuid and p.user_id = ?) as member,
-              exists (select 1 from read_receipt r
-                       where r.tenant_id = ? and r.message_id = ?::uuid and r.user_id = ?)
-              or exists (select 1 from read_watermark w join message m
-                           on m.tenant_id = w.tenant_id and m.thread_id = w.thread_id and m.message_id = ?::uuid
-                          where w.tenant_id = ? and w.thread_id = ?::uuid and w.user_id = ? and w.seq >= m.seq) as read`,
-      [
-        intent.tenantId,
-        intent.threadId,
-        intent.recipientUserId,
-        intent.tenantId,
-        intent.messageId,
-        intent.recipientUserId,
-        intent.messageId,
-        intent.tenantId,
-        intent.threadId,
-        intent.recipientUserId,
-      ],
-    );
-    return rows[0]!;
-  }
-
   /** The tenant's settings (or the defaults, tenant ''). */
   async settings(tenantId: string): Promise<{ previews: boolean; kindPlans: Record<string, PlanStep[]> }> {
     const rows: { previews: boolean; kind_plans: Record<string, PlanStep[]> }[] = await this.em.execute(
@@ -324,18 +340,7 @@ export class NotificationRepository {
       `select * from notification_preference where tenant_id = ? and user_id = ?${forUpdate ? ' for update' : ''}`,
       [tenantId, userId],
     );
-    const r = rows[0];
-    if (!r) return undefined;
-    return {
-      userId,
-      kindChannels: r.kind_channels as Record<string, Channel[]>,
-      quietHours:
-        r.time_zone === null
-          ? undefined
-          : { startMinute: Number(r.quiet_start), endMinute: Number(r.quiet_end), timeZone: String(r.time_zone) },
-      version: Number(r.version),
-      updatedAt: sqlDate(r.updated_at),
-    };
+    return rows[0] && preferencesFromRow(rows[0]);
   }
 
   async savePreferences(tenantId: string, p: Preferences, now: Date): Promise<void> {
@@ -358,6 +363,22 @@ export class NotificationRepository {
       ],
     );
   }
+}
+
+function preferencesFromRow(r: Record<string, unknown>): Preferences {
+  return {
+    userId: String(r.user_id),
+    kindChannels: (typeof r.kind_channels === 'string' ? JSON.parse(r.kind_channels) : r.kind_channels) as Record<
+      string,
+      Channel[]
+    >,
+    quietHours:
+      r.time_zone === null || r.time_zone === undefined
+        ? undefined
+        : { startMinute: Number(r.quiet_start), endMinute: Number(r.quiet_end), timeZone: String(r.time_zone) },
+    version: Number(r.version),
+    updatedAt: sqlDate(r.updated_at),
+  };
 }
 
 function intentFromRow(r: Record<string, unknown>): Intent {

@@ -288,18 +288,23 @@ export class NotificationService {
     const inserted = await repo.append(record, tenantId);
     const stored = inserted ? record : (await repo.findReport(tenantId, input.provider, input.providerEventId))!;
     const notificationId = await repo.attemptOf(tenantId, stored.provider, stored.providerMessageId);
-    if (!notificationId) return { record: stored, attempt: undefined, derived: 'unspecified' };
-    const attempts = linkRecords(await repo.records(tenantId, [notificationId]));
+    const ctx = notificationId && (await repo.load(tenantId, notificationId));
+    if (!ctx) return { record: stored, attempt: undefined, derived: 'unspecified' };
+    const attempts = linkRecords(ctx.records);
     const owner = attempts.find((a) => a.linked.some((r) => r.recordId === stored.recordId));
     if (inserted && owner && attemptFailed(owner)) {
       // The next plan step may run now (fallback): the dispatcher decides.
-      await repo.enqueue(tenantId, [{ notificationId, at: this.clock.now() }]);
+      await repo.enqueue(tenantId, [{ notificationId: ctx.intent.notificationId, at: this.clock.now() }]);
     } else if (inserted && owner && isTerminal(owner.derived)) {
       // Delivered and no step left: nothing is pending any more (the confirmation check would find so).
-      const intent = await repo.find(tenantId, notificationId, true);
+      const { intent } = ctx;
       const open = attempts.some((a) => a.attempt.outcome === 'accepted' && !isTerminal(a.derived));
-      if (intent && !intent.claim && !open && intent.state === 'pending' && intent.nextStep >= intent.plan.length) {
-        await repo.update(tenantId, notificationId, { state: 'settled', nextDispatchAt: null, now: this.clock.now() });
+      if (!intent.claim && !open && intent.state === 'pending' && intent.nextStep >= intent.plan.length) {
+        await repo.update(tenantId, intent.notificationId, {
+          state: 'settled',
+          nextDispatchAt: null,
+          now: this.clock.now(),
+        });
       }
     }
     return { record: stored, attempt: owner?.attempt, derived: 'unspecified' };

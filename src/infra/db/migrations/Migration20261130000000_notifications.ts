@@ -306,13 +306,61 @@ export class Migration20261130000000_notifications extends Migration {
             and i.recipient_user_id = any (p_recipients);
       end $$`);
 
+    // What the dispatcher decides from, in one round trip with cached plans: the intent (locked), its
+    // records with the linked delivery reports, whether a MESSAGE_POSTED recipient still takes part and
+    // has read the message, and the recipient's preferences. With p_pmid, first takes the advisory lock
+    // of that provider message id (the writers of one provider message id serialise on it) and includes
+    // the reports already stored for it.
+    this.addSql(`
+      create function comms_dispatch_load(p_tenant text, p_id uuid, p_provider text, p_pmid text) returns json
+      language plpgsql as $$
+      declare
+        i notification_intent;
+        v_records json;
+        v_member boolean := true;
+        v_read boolean := false;
+        v_prefs json;
+      begin
+        if p_pmid is not null then
+          perform pg_advisory_xact_lock(hashtextextended('dispatch ' || p_tenant || ' ' || p_provider || ' ' || p_pmid, 0));
+        end if;
+        select * into i from notification_intent where tenant_id = p_tenant and notification_id = p_id for update;
+        if not found then
+          return null;
+        end if;
+        select coalesce(json_agg(x order by x.recorded_at, x.record_id), '[]') into v_records
+          from (select * from dispatch_record d where d.tenant_id = p_tenant and d.notification_id = p_id
+                union all
+                select r.* from dispatch_record r
+                 where r.tenant_id = p_tenant and r.kind = 'delivery_report' and r.provider_message_id <> ''
+                   and ((r.provider, r.provider_message_id) in
+                          (select o.provider, o.provider_message_id from dispatch_record o
+                            where o.tenant_id = p_tenant and o.notification_id = p_id and o.provider_message_id <> '')
+                        or (r.provider = p_provider and r.provider_message_id = p_pmid))) x;
+        if i.kind = 'message_posted' then
+          select exists (select 1 from thread_participant p
+                          where p.tenant_id = p_tenant and p.thread_id = i.thread_id and p.user_id = i.recipient_user_id),
+                 exists (select 1 from read_receipt r
+                          where r.tenant_id = p_tenant and r.message_id = i.message_id and r.user_id = i.recipient_user_id)
+                 or exists (select 1 from read_watermark w join message m
+                              on m.tenant_id = w.tenant_id and m.thread_id = w.thread_id and m.message_id = i.message_id
+                             where w.tenant_id = p_tenant and w.thread_id = i.thread_id
+                               and w.user_id = i.recipient_user_id and w.seq >= m.seq)
+            into v_member, v_read;
+        end if;
+        select row_to_json(p) into v_prefs from notification_preference p
+         where p.tenant_id = p_tenant and p.user_id = i.recipient_user_id;
+        return json_build_object('intent', row_to_json(i), 'records', v_records, 'member', v_member, 'read', v_read,
+                                 'prefs', v_prefs);
+      end $$`);
+
     this.addSql(SEND_MESSAGE_WITH_NOTIFICATIONS_SQL);
   }
 
   override down(): void {
     this.addSql('drop function comms_send_message');
     this.addSql(SEND_MESSAGE_WITH_EVENTS_SQL.replace('create or replace function', 'create function'));
-    this.addSql('drop function comms_notify, comms_enqueue_dispatch, comms_uuid_v7');
+    this.addSql('drop function comms_dispatch_load, comms_notify, comms_enqueue_dispatch, comms_uuid_v7');
     this.addSql('drop table sandbox_behavior, sandbox_message, dispatch_record, notification_intent');
     this.addSql('drop table notification_preference, notification_settings');
     this.addSql('drop function comms_refuse_dispatch_record_change, comms_guard_notification_intent');
