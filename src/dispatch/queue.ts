@@ -41,7 +41,9 @@ export class JobQueue {
       connectionString: options.url,
       application_name: 'comms-jobs',
       max: options.poolMax,
+      // Dead jobs (no heartbeat) are found by the monitor pass, which has its own interval.
       superviseIntervalSeconds: options.superviseSeconds,
+      monitorIntervalSeconds: options.superviseSeconds,
     });
     boss.on('error', (err: unknown) => log.warn({ err: String(err) }, 'job queue error'));
     await boss.start();

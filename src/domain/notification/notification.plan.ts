@@ -44,10 +44,18 @@ function reconciled(a: AttemptView): boolean {
   return a.linked.some((r) => r.kind === 'reconciliation');
 }
 
-/** Accepted, not confirmed either way, and past the confirmation deadline. */
+/** The provider has the message: it accepted it, or a lookup after an unknown outcome found it. */
+function reachedProvider(a: AttemptView): boolean {
+  if (a.attempt.outcome === 'accepted') return true;
+  return (
+    a.attempt.outcome === 'timeout' && a.linked.some((r) => r.kind === 'reconciliation' && r.providerMessageId !== '')
+  );
+}
+
+/** At the provider, not confirmed either way, and past the confirmation deadline. */
 function unconfirmed(a: AttemptView, input: PlanInput): boolean {
   return (
-    a.attempt.outcome === 'accepted' &&
+    reachedProvider(a) &&
     !isTerminal(a.derived) &&
     input.now.getTime() >= a.attempt.recordedAt.getTime() + input.confirmDeadlineMs
   );
@@ -69,6 +77,8 @@ export function nextAction(input: PlanInput): PlanAction {
     if (reconciled(a)) continue;
     if (a.attempt.outcome === 'timeout' || unconfirmed(a, input)) return { type: 'reconcile', attempt: a };
   }
+  // (An attempt is looked up once; one found but still unconfirmed past its deadline counts as failed
+  // for the fallback below.)
   const action = planAction(input);
   if (action.type !== 'settle' && action.type !== 'wait') return action;
   // An accepted attempt still unconfirmed is looked up at its deadline, also when nothing else is due.
@@ -117,7 +127,7 @@ function planAction(input: PlanInput): PlanAction {
     else if (deliveryMatters) {
       // Fall back when an earlier attempt stays unconfirmed past its deadline, if that comes first.
       for (const a of earlier) {
-        if (a.attempt.outcome === 'accepted' && !isTerminal(a.derived)) {
+        if (reachedProvider(a) && !isTerminal(a.derived)) {
           due = Math.min(due, a.attempt.recordedAt.getTime() + input.confirmDeadlineMs);
         }
       }
