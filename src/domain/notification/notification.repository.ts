@@ -94,22 +94,17 @@ export class NotificationRepository {
   async notify(r: NotifyRequest): Promise<Intent[]> {
     const rows: Record<string, unknown>[] = await this.em.execute(
       `select * from comms_notify(?, ?, ?, ?, ?::text[], ?::uuid, ?::uuid, ?::uuid, ?, ?, ?::jsonb, ?::timestamptz)`,
-      [
-        r.tenantId,
-        r.kind,
-        r.requestedBy,
-        r.eventId,
-        textArray(r.recipients),
-        r.threadId,
-        r.messageId,
-        r.sessionId,
-        r.templateKey,
-        r.urgent,
-        r.plan === undefined ? null : JSON.stringify(r.plan),
-        r.now,
-      ],
+      notifyParams(r),
     );
     return rows.map(intentFromRow);
+  }
+
+  /** Creates the intents of one event (none twice) and enqueues their dispatch. */
+  async create(r: NotifyRequest): Promise<void> {
+    await this.em.execute(
+      `select comms_create_intents(?, ?, ?, ?, ?::text[], ?::uuid, ?::uuid, ?::uuid, ?, ?, ?::jsonb, ?::timestamptz)`,
+      notifyParams(r),
+    );
   }
 
   async find(tenantId: string, notificationId: string, forUpdate = false): Promise<Intent | undefined> {
@@ -363,6 +358,23 @@ export class NotificationRepository {
       ],
     );
   }
+}
+
+function notifyParams(r: NotifyRequest): unknown[] {
+  return [
+    r.tenantId,
+    r.kind,
+    r.requestedBy,
+    r.eventId,
+    textArray(r.recipients),
+    r.threadId,
+    r.messageId,
+    r.sessionId,
+    r.templateKey,
+    r.urgent,
+    r.plan === undefined ? null : JSON.stringify(r.plan),
+    r.now,
+  ];
 }
 
 function preferencesFromRow(r: Record<string, unknown>): Preferences {

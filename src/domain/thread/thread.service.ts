@@ -280,7 +280,7 @@ export class ThreadService {
       },
       async (view, tem, now) => {
         if (!tell) return;
-        await new NotificationRepository(tem).notify({
+        await new NotificationRepository(tem).create({
           tenantId: actor.tenantId,
           kind: 'thread_escalated',
           requestedBy: '',

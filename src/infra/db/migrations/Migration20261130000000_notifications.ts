@@ -216,13 +216,17 @@ export class Migration20261130000000_notifications extends Migration {
         primary key (tenant_id, recipient_user_id, channel)
       )`);
 
-    // A UUIDv7 for time p_at: the millisecond timestamp over a random v4 id, version bits set to 7.
+    // A UUIDv7 for time p_at: a random v4 id with its first 48 bits replaced by the millisecond timestamp
+    // and its version nibble set to 7 (PL/pgSQL: its plan is cached, a SQL function's is not).
     this.addSql(`
-      create function comms_uuid_v7(p_at timestamptz) returns uuid language sql volatile as $$
-        select encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid())
-                 placing substring(int8send(floor(extract(epoch from p_at) * 1000)::bigint) from 3) from 1 for 6),
-                 52, 1), 53, 1), 'hex')::uuid
-      $$`);
+      create function comms_uuid_v7(p_at timestamptz) returns uuid language plpgsql volatile as $$
+      declare
+        b bytea := uuid_send(gen_random_uuid());
+      begin
+        b := overlay(b placing substring(int8send(floor(extract(epoch from p_at) * 1000)::bigint) from 3) from 1 for 6);
+        b := set_byte(b, 6, (get_byte(b, 6) & 15) | 112);
+        return encode(b, 'hex')::uuid;
+      end $$`);
 
     // Enqueues one dispatch job per (intent, due time). pg-boss creates its schema when the service
     // starts; PL/pgSQL resolves the table when this first runs.
@@ -247,13 +251,13 @@ export class Migration20261130000000_notifications extends Migration {
     // this event), and enqueues their first dispatch. The plan is p_plan, or the tenant's (else the
     // default settings', tenant '') plan for the kind, restricted to the channels each recipient allows
     // for the kind (IN_APP is always allowed); an empty plan makes the intent SUPPRESSED
-    // (NO_CHANNEL_ALLOWED). Returns the intents of the event for these recipients, created now or before.
+    // (NO_CHANNEL_ALLOWED).
     this.addSql(`
-      create function comms_notify(
+      create function comms_create_intents(
         p_tenant text, p_kind text, p_requested_by text, p_event_id text, p_recipients text[],
         p_thread uuid, p_message uuid, p_session uuid, p_template text, p_urgent boolean, p_plan jsonb,
         p_now timestamptz)
-        returns setof notification_intent
+        returns void
       language plpgsql as $$
       declare
         s notification_settings;
@@ -301,6 +305,18 @@ export class Migration20261130000000_notifications extends Migration {
         if v_ids is not null then
           perform comms_enqueue_dispatch(p_tenant, v_ids, v_at);
         end if;
+      end $$`);
+    // comms_create_intents, then the intents of the event for these recipients, created now or before.
+    this.addSql(`
+      create function comms_notify(
+        p_tenant text, p_kind text, p_requested_by text, p_event_id text, p_recipients text[],
+        p_thread uuid, p_message uuid, p_session uuid, p_template text, p_urgent boolean, p_plan jsonb,
+        p_now timestamptz)
+        returns setof notification_intent
+      language plpgsql as $$
+      begin
+        perform comms_create_intents(p_tenant, p_kind, p_requested_by, p_event_id, p_recipients, p_thread,
+                                     p_message, p_session, p_template, p_urgent, p_plan, p_now);
         return query select * from notification_intent i
           where i.tenant_id = p_tenant and i.requested_by = p_requested_by and i.event_id = p_event_id
             and i.recipient_user_id = any (p_recipients);
@@ -360,7 +376,9 @@ export class Migration20261130000000_notifications extends Migration {
   override down(): void {
     this.addSql('drop function comms_send_message');
     this.addSql(SEND_MESSAGE_WITH_EVENTS_SQL.replace('create or replace function', 'create function'));
-    this.addSql('drop function comms_dispatch_load, comms_notify, comms_enqueue_dispatch, comms_uuid_v7');
+    this.addSql(
+      'drop function comms_dispatch_load, comms_notify, comms_create_intents, comms_enqueue_dispatch, comms_uuid_v7',
+    );
     this.addSql('drop table sandbox_behavior, sandbox_message, dispatch_record, notification_intent');
     this.addSql('drop table notification_preference, notification_settings');
     this.addSql('drop function comms_refuse_dispatch_record_change, comms_guard_notification_intent');
@@ -376,7 +394,7 @@ const SEND_MESSAGE_WITH_NOTIFICATIONS_SQL = withText(
   SEND_MESSAGE_WITH_EVENTS_SQL,
   `         where tenant_id = p_tenant and thread_id = p_thread;
 `,
-  `        perform comms_notify(
+  `        perform comms_create_intents(
           p_tenant, 'message_posted', '', m.message_id::text,
           array(select p.user_id from thread_participant p
                  where p.tenant_id = p_tenant and p.thread_id = p_thread and p.user_id <> p_user),
