@@ -239,6 +239,8 @@ export interface StartOptions {
   readonly logName?: string;
   /** Name in messages and cleanup (default "service" or "baseline server"). */
   readonly name?: string;
+  /** Extra environment for the process. */
+  readonly env?: Readonly<Record<string, string>>;
 }
 
 /**
@@ -261,6 +263,7 @@ export async function startService(
     LOG_LEVEL: process.env.BENCH_SERVICE_LOG_LEVEL ?? 'warn',
     SHUTDOWN_DRAIN_DELAY_MS: '0',
     SHUTDOWN_GRACE_MS: '3000',
+    ...options.env,
   };
   for (const k of ['NODE_ENV', 'JWT_SECRET', 'JWT_JWKS_URL', 'JWT_ISSUER', 'JWT_AUDIENCE']) delete env[k];
   const out = logFile(logName);

@@ -60,7 +60,10 @@ async function main(): Promise<number> {
   const needsService = config.scenarios.some((s) => s !== 'baseline');
   const [baseline, service] = await Promise.all([
     config.scenarios.includes('baseline') ? startBaseline(db.url, log) : undefined,
-    needsService ? startService(db.url, log) : undefined,
+    // An API replica: every send still creates its notification intent and job in its transaction, but
+    // no dispatcher runs here (NOTIFY_DISPATCH=false), so one scenario's pushes cannot run into the
+    // next; dispatch capacity is `npm run bench:notify`.
+    needsService ? startService(db.url, log, { env: { NOTIFY_DISPATCH: 'false' } }) : undefined,
   ]);
   const scene = await Scene.create(config, service?.address);
   const sampler = new CpuSampler(() => ({ service: service?.pid, baseline: baseline?.pid }));

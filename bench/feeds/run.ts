@@ -388,6 +388,8 @@ async function main(): Promise<number> {
       await startService(db.url, log, {
         name: `service replica ${letter}`,
         logName: `feeds-service-${letter.toLowerCase()}.log`,
+        // Feed replicas: the sends' notification jobs are queued, not dispatched here (see bench:notify).
+        env: { NOTIFY_DISPATCH: 'false' },
       }),
     );
   }
