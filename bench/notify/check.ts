@@ -10,14 +10,12 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import pg from 'pg';
 import {
-  type AttemptOutcome,
-  type Channel,
-  type DeliveryStatus,
   type DispatchRecord,
   deriveStatus,
   type IntentState,
   linkRecords,
 } from '../../src/domain/notification/notification.policy.js';
+import { recordFromRow } from '../../src/domain/notification/notification.repository.js';
 import { type CpuUsage, CpuSampler } from '../cpu.js';
 import { quantile } from '../loadgen.js';
 import { epochNow, sleep } from './scene.js';
@@ -160,25 +158,7 @@ export async function analyse(c: pg.Client, tenant: string): Promise<Analysis> {
 
   const recordedMs = new Map<string, number>();
   const records: DispatchRecord[] = rows.map((r) => {
-    const rec: DispatchRecord = {
-      recordId: String(r.record_id),
-      kind: r.kind as DispatchRecord['kind'],
-      notificationId: (r.notification_id as string | null) ?? null,
-      attemptNumber: r.attempt_number === null ? null : Number(r.attempt_number),
-      planStep: r.plan_step === null ? null : Number(r.plan_step),
-      channel: (r.channel as Channel | null) ?? null,
-      provider: String(r.provider),
-      providerMessageId: String(r.provider_message_id),
-      providerEventId: (r.provider_event_id as string | null) ?? null,
-      status: r.status as DeliveryStatus,
-      providerTimestamp: (r.provider_timestamp as Date | null) ?? null,
-      errorCode: String(r.error_code),
-      errorMessage: String(r.error_message),
-      outcome: (r.outcome as AttemptOutcome | null) ?? null,
-      reference: (r.reference as string | null) ?? null,
-      attemptRecordId: (r.attempt_record_id as string | null) ?? null,
-      recordedAt: r.recorded_at as Date,
-    };
+    const rec = recordFromRow(r);
     recordedMs.set(rec.recordId, ms(r.recorded_ms));
     return rec;
   });

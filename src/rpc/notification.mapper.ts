@@ -30,6 +30,8 @@ import type {
   RecordView,
 } from '../domain/notification/notification.service.js';
 
+import { invert } from './enums.js';
+
 const KIND: Record<NotificationKind, PbKind> = {
   message_posted: PbKind.NOTIFICATION_KIND_MESSAGE_POSTED,
   thread_escalated: PbKind.NOTIFICATION_KIND_THREAD_ESCALATED,
@@ -79,9 +81,6 @@ const RECORD_KIND: Record<DispatchRecord['kind'], PbRecordKind> = {
   reconciliation: PbRecordKind.DISPATCH_RECORD_KIND_RECONCILIATION,
 };
 
-function invert<K extends string, V extends number>(table: Record<K, V>): Map<number, K> {
-  return new Map(Object.entries(table).map(([k, v]) => [v as number, k as K]));
-}
 const KIND_FROM = invert(KIND);
 const STATUS_FROM = invert(STATUS);
 const CHANNEL_FROM = invert(CHANNEL);

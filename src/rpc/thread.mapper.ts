@@ -15,6 +15,8 @@ import {
   threadEtag,
 } from '../domain/thread/thread.entity.js';
 
+import { invert } from './enums.js';
+
 const STATE_TO_PB: Record<ThreadState, PbThreadState> = {
   active: PbThreadState.THREAD_STATE_ACTIVE,
   archived: PbThreadState.THREAD_STATE_ARCHIVED,
@@ -35,9 +37,6 @@ const LEVEL_TO_PB: Record<EscalationLevel, PbEscalationLevel> = {
   emergency: PbEscalationLevel.ESCALATION_LEVEL_EMERGENCY,
 };
 
-function invert<K extends string, V extends number>(table: Record<K, V>): Map<number, K> {
-  return new Map(Object.entries(table).map(([k, v]) => [v as number, k as K]));
-}
 const STATE_FROM_PB = invert(STATE_TO_PB);
 const ROLE_FROM_PB = invert(ROLE_TO_PB);
 const LEVEL_FROM_PB = invert(LEVEL_TO_PB);

@@ -13,6 +13,7 @@ import {
 import { call, newTenant, newUser, type TestUser } from '../support/clients.js';
 import { getNotification, notificationClient, sandboxBehavior, useDispatcher } from '../support/notifications.js';
 import { db, newUserId } from '../support/threads.js';
+import { until } from '../support/wait.js';
 
 // ---- helpers (local to this file) ----
 
@@ -37,17 +38,6 @@ function step(channel: Channel, delayMs = 0, condition = ALWAYS): ChannelPlanSte
 const PUSH_ONLY = [step(Channel.CHANNEL_PUSH)];
 /** Push at once, SMS after an hour unless delivered: an SMS within seconds can only be a fallback. */
 const PUSH_THEN_SMS = [step(Channel.CHANNEL_PUSH), step(Channel.CHANNEL_SMS, HOUR, IF_NOT_DELIVERED)];
-
-/** Polls `probe` until it returns a value (not undefined/false); fails naming `what` after `timeoutMs`. */
-async function until<T>(what: string, probe: () => Promise<T | undefined | false>, timeoutMs = 15_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > deadline) expect.fail(`${what}: not within ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 const attemptsOf = (n: Notification) => n.dispatchRecords.filter((r) => r.kind === ATTEMPT);
 const linkedTo = (n: Notification, a: DispatchRecord, kind: DispatchRecordKind) =>

@@ -20,6 +20,7 @@ import {
   waitForNotification,
 } from '../support/notifications.js';
 import { db, expectFieldViolations, newUserId } from '../support/threads.js';
+import { until } from '../support/wait.js';
 
 // ---- helpers (local to this file) ----
 
@@ -82,17 +83,6 @@ function reportRequest(r: Partial<ReportDeliveryRequest>): ReportDeliveryRequest
 
 function reportDelivery(client: Client, service: TestUser, r: Partial<ReportDeliveryRequest>) {
   return call(client, client.reportDelivery, reportRequest(r), service.md);
-}
-
-/** Polls `probe` until it returns a value (not undefined/false); fails naming `what` after `timeoutMs`. */
-async function until<T>(what: string, probe: () => Promise<T | undefined | false>, timeoutMs = 15_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > deadline) expect.fail(`${what}: not within ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }
 
 const attemptsOf = (n: Notification) => n.dispatchRecords.filter((r) => r.kind === ATTEMPT);

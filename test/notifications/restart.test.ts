@@ -10,6 +10,7 @@ import { call, newTenant, newUser, type TestUser } from '../support/clients.js';
 import { getNotification, notificationClient, sandboxBehavior, tenantPlans } from '../support/notifications.js';
 import { type Replica, startReplica } from '../support/replicas.js';
 import { db, newUserId } from '../support/threads.js';
+import { until } from '../support/wait.js';
 
 // ---- helpers (local to this file) ----
 
@@ -36,17 +37,6 @@ const DISPATCHING = {
 };
 const SEND_DELAY_MS = 4_000;
 const INTENTS = 30;
-
-/** Polls `probe` until it returns a value (not undefined/false); fails naming `what` after `timeoutMs`. */
-async function until<T>(what: string, probe: () => Promise<T | undefined | false>, timeoutMs: number): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > deadline) expect.fail(`${what}: not within ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 interface Batch {
   readonly client: Client;

@@ -14,7 +14,8 @@ export type NotificationKind = (typeof KINDS)[number];
 export const CHANNELS = ['push', 'sms', 'email', 'in_app'] as const;
 export type Channel = (typeof CHANNELS)[number];
 
-export type PlanCondition = 'always' | 'if_unread' | 'if_not_delivered';
+export const PLAN_CONDITIONS = ['always', 'if_unread', 'if_not_delivered'] as const;
+export type PlanCondition = (typeof PLAN_CONDITIONS)[number];
 
 /** One step of a channel plan, as stored in `notification_intent.plan`. */
 export interface PlanStep {

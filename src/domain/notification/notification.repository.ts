@@ -430,7 +430,8 @@ function intentFromRow(r: Record<string, unknown>): Intent {
   };
 }
 
-function recordFromRow(r: Record<string, unknown>): DispatchRecord {
+/** A dispatch_record row (as the driver or row_to_json returns it) as a DispatchRecord. */
+export function recordFromRow(r: Record<string, unknown>): DispatchRecord {
   return {
     recordId: String(r.record_id),
     kind: r.kind as DispatchRecord['kind'],

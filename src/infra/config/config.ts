@@ -1,4 +1,5 @@
 import { bool, cleanEnv, makeValidator, port, str, url } from 'envalid';
+import { CHANNELS, KINDS, PLAN_CONDITIONS } from '../../domain/notification/notification.policy.js';
 
 /** Thrown when the environment holds a bad value; lists every bad variable with what is wrong. */
 export class ConfigError extends Error {
@@ -70,16 +71,9 @@ const reportStatuses = makeValidator<(typeof REPORT_STATUSES)[number][]>((raw) =
   return list as (typeof REPORT_STATUSES)[number][];
 });
 
-const PLAN_KINDS = [
-  'message_posted',
-  'thread_escalated',
-  'patient_waiting',
-  'participant_admitted',
-  'waiting_expired',
-  'service_event',
-];
-const PLAN_CHANNELS = ['push', 'sms', 'email', 'in_app'];
-const PLAN_CONDITIONS = ['always', 'if_unread', 'if_not_delivered'];
+const PLAN_KINDS: readonly string[] = KINDS;
+const PLAN_CHANNELS: readonly string[] = CHANNELS;
+const PLAN_CONDITION_NAMES: readonly string[] = PLAN_CONDITIONS;
 
 /** A step of a default channel plan, as NOTIFY_DEFAULT_PLANS gives it. */
 export interface PlanStepConfig {
@@ -107,7 +101,7 @@ const defaultPlans = makeValidator<Record<string, PlanStepConfig[]>>((raw) => {
     for (const step of steps as Record<string, unknown>[]) {
       if (!PLAN_CHANNELS.includes(step?.channel as string))
         throw new Error(`${kind}: unknown channel ${String(step?.channel)}`);
-      if (!PLAN_CONDITIONS.includes(step.condition as string))
+      if (!PLAN_CONDITION_NAMES.includes(step.condition as string))
         throw new Error(`${kind}: unknown condition ${String(step.condition)}`);
       const delay = step.delay_ms;
       if (typeof delay !== 'number' || !Number.isInteger(delay) || delay < 0 || delay > 7 * 86_400_000) {
