@@ -269,7 +269,7 @@ export class Migration20261130000000_notifications extends Migration {
         select * into s from notification_settings where tenant_id in (p_tenant, '')
          order by tenant_id desc limit 1;
         v_plan := coalesce(p_plan, s.kind_plans -> p_kind, '[]');
-        v_link := s.deep_link_base || case
+        v_link := coalesce(s.deep_link_base, 'comms://') || case
           when p_message is not null then 'threads/' || p_thread || '/messages/' || p_message
           when p_thread is not null then 'threads/' || p_thread
           when p_session is not null then 'sessions/' || p_session
