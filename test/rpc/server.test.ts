@@ -88,6 +88,44 @@ describe('server: reflection (what grpcurl uses)', () => {
       client.close();
     }
   });
+  it('requests a notification and lists it with nothing but the descriptors reflection serves', async () => {
+    const reflection = new GrpcReflection(env.address, credentials.createInsecure());
+    const descriptor = await reflection.getDescriptorBySymbol('comms.v1.NotificationService');
+    const pkg = descriptor.getPackageObject({ keepCase: true, enums: String, defaults: true, longs: String });
+    const Ctor = ((pkg.comms as GrpcObject).v1 as GrpcObject).NotificationService as ServiceClientConstructor;
+    type Callback = (err: Error | null, res: Record<string, unknown>) => void;
+    type DynamicUnary = (req: object, md: Metadata, cb: Callback) => void;
+    const client = new Ctor(env.address, credentials.createInsecure()) as unknown as Client &
+      Record<string, DynamicUnary>;
+    const tenant = newTenant();
+    const [svc, patient] = await Promise.all([newUser(tenant, 'service'), newUser(tenant, 'patient')]);
+    const unary = (method: string, req: object, as: TestUser) =>
+      new Promise<Record<string, unknown>>((resolve, reject) =>
+        client[method]!(req, as.md, (err, res) => (err ? reject(err) : resolve(res))),
+      );
+    try {
+      // The JSON of the README's grpcurl example, field names and enum names as in the proto.
+      const req = {
+        recipient_user_id: patient.userId,
+        dedupe_key: 'invoice-42',
+        template_key: 'document_available',
+        channel_plan: [
+          { channel: 'CHANNEL_IN_APP', delay: { seconds: '0' }, condition: 'CHANNEL_PLAN_CONDITION_ALWAYS' },
+        ],
+      };
+      const first = (await unary('RequestNotification', req, svc)).notification as Record<string, unknown>;
+      expect(first.kind).to.equal('NOTIFICATION_KIND_SERVICE_EVENT');
+      expect(first.deep_link).to.equal('comms://notifications');
+      const again = (await unary('RequestNotification', req, svc)).notification as Record<string, unknown>;
+      expect(again.notification_id).to.equal(first.notification_id);
+      const listed = await unary('ListNotifications', {}, patient);
+      const ids = (listed.notifications as Record<string, unknown>[]).map((n) => n.notification_id);
+      expect(ids).to.deep.equal([first.notification_id]);
+    } finally {
+      client.close();
+    }
+  });
+
   it('streams WatchThread to a client built from reflection alone, as grpcurl would', async () => {
     const reflection = new GrpcReflection(env.address, credentials.createInsecure());
     const descriptor = await reflection.getDescriptorBySymbol('comms.v1.FeedService');
