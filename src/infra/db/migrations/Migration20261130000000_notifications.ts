@@ -172,7 +172,7 @@ export class Migration20261130000000_notifications extends Migration {
         where notification_id is not null`);
     this.addSql(`
       create index dispatch_record_by_provider_message
-        on dispatch_record (tenant_id, provider, provider_message_id) where provider_message_id <> ''`);
+        on dispatch_record (tenant_id, provider_message_id, provider) where provider_message_id <> ''`);
     this.addSql(`
       create function comms_refuse_dispatch_record_change() returns trigger language plpgsql as $$
       begin
@@ -333,6 +333,8 @@ export class Migration20261130000000_notifications extends Migration {
       declare
         i notification_intent;
         v_records json;
+        v_keys text[];
+        v_pmids text[];
         v_member boolean := true;
         v_read boolean := false;
         v_prefs json;
@@ -344,15 +346,23 @@ export class Migration20261130000000_notifications extends Migration {
         if not found then
           return null;
         end if;
+        -- The provider message ids of the intent's attempts and reconciliation answers (and p_pmid), then
+        -- the reports carrying one of them: two index lookups, whatever plan PL/pgSQL caches.
+        select array_agg(d.provider || ' ' || d.provider_message_id), array_agg(d.provider_message_id)
+          into v_keys, v_pmids
+          from dispatch_record d
+         where d.tenant_id = p_tenant and d.notification_id = p_id and d.provider_message_id <> '';
+        if p_pmid is not null then
+          v_keys := coalesce(v_keys, '{}') || (p_provider || ' ' || p_pmid);
+          v_pmids := coalesce(v_pmids, '{}') || p_pmid;
+        end if;
         select coalesce(json_agg(x order by x.recorded_at, x.record_id), '[]') into v_records
           from (select * from dispatch_record d where d.tenant_id = p_tenant and d.notification_id = p_id
                 union all
                 select r.* from dispatch_record r
-                 where r.tenant_id = p_tenant and r.kind = 'delivery_report' and r.provider_message_id <> ''
-                   and ((r.provider, r.provider_message_id) in
-                          (select o.provider, o.provider_message_id from dispatch_record o
-                            where o.tenant_id = p_tenant and o.notification_id = p_id and o.provider_message_id <> '')
-                        or (r.provider = p_provider and r.provider_message_id = p_pmid))) x;
+                 where r.tenant_id = p_tenant and r.provider_message_id = any (coalesce(v_pmids, '{}'))
+                   and r.provider_message_id <> '' and r.kind = 'delivery_report'
+                   and r.provider || ' ' || r.provider_message_id = any (v_keys)) x;
         if i.kind = 'message_posted' then
           select exists (select 1 from thread_participant p
                           where p.tenant_id = p_tenant and p.thread_id = i.thread_id and p.user_id = i.recipient_user_id),
