@@ -1,5 +1,6 @@
 import { fromOpaque, toOpaque } from './opaque.js';
 import { InvalidArgument } from './errors.js';
+import { isUuid } from './ids.js';
 
 /**
  * Opaque AIP-158 page tokens: base64url JSON carrying the keyset position and the filter the walk was
@@ -23,4 +24,33 @@ export function decodePageToken(kind: string, token: string): Record<string, unk
   }
   if (typeof body !== 'object' || body === null || (body as { k?: unknown }).k !== kind) throw bad();
   return body as Record<string, unknown>;
+}
+
+/** A keyset position of lists ordered by (time, UUID): the last row of the page. */
+export interface TimePosition {
+  readonly at: Date;
+  readonly id: string;
+}
+
+/** A page token carrying `position` and the `filter` the walk was started with. */
+export function encodePositionToken(kind: string, filter: Record<string, unknown>, position: TimePosition): string {
+  return encodePageToken(kind, { ...filter, at: position.at.toISOString(), id: position.id });
+}
+
+/**
+ * Decodes a token made by encodePositionToken for `kind`: INVALID_ARGUMENT on `page_token` when it was
+ * issued for another filter or its position is not a time and a UUID.
+ */
+export function decodePositionToken(kind: string, token: string, filter: Record<string, unknown>): TimePosition {
+  const body = decodePageToken(kind, token);
+  const at = new Date(String(body.at));
+  if (
+    Object.entries(filter).some(([key, value]) => body[key] !== value) ||
+    typeof body.id !== 'string' ||
+    !isUuid(body.id) ||
+    Number.isNaN(at.getTime())
+  ) {
+    throw new InvalidArgument([{ field: 'page_token', description: 'does not belong to this filter' }]);
+  }
+  return { at, id: body.id };
 }

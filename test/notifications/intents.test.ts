@@ -438,8 +438,8 @@ describe('NotificationService: intents of posted messages', () => {
 
     it('refuses a token of the right filter whose position is not a time and a UUID (INVALID_ARGUMENT)', async () => {
       const { patient } = await withIntents([false]);
-      const token = (c: string, i: string) =>
-        Buffer.from(JSON.stringify({ k: 'notifications', r: patient.userId, s: '', kd: '', c, i })).toString(
+      const token = (at: string, id: string) =>
+        Buffer.from(JSON.stringify({ k: 'notifications', r: patient.userId, s: '', kd: '', at, id })).toString(
           'base64url',
         );
       const id = (await listAll(notifications, patient))[0]!.notificationId;

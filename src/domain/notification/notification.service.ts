@@ -2,10 +2,10 @@ import type { Actor } from '../actor.js';
 import { hasRole } from '../actor.js';
 import type { Clock } from '../clock.js';
 import { boundByDeadline, type Db } from '../db.js';
-import { InvalidArgument, Violations } from '../errors.js';
-import { isUuid, newId } from '../ids.js';
+import { Violations } from '../errors.js';
+import { newId } from '../ids.js';
 import { MessageNotFound } from '../message/message.errors.js';
-import { decodePageToken, encodePageToken } from '../page-token.js';
+import { decodePositionToken, encodePositionToken } from '../page-token.js';
 import { SessionNotFound } from '../session/session.errors.js';
 import { ThreadNotFound } from '../thread/thread.errors.js';
 import { checkText, checkUserId, checkUuid, pageSize } from '../validation.js';
@@ -152,19 +152,8 @@ export class NotificationService {
     const filter = { r: recipient, s: input.status ?? '', kd: input.kind ?? '' };
     let after: { createdAt: Date; notificationId: string } | undefined;
     if (input.pageToken !== '') {
-      const t = decodePageToken('notifications', input.pageToken);
-      if (
-        t.r !== filter.r ||
-        t.s !== filter.s ||
-        t.kd !== filter.kd ||
-        typeof t.c !== 'string' ||
-        typeof t.i !== 'string' ||
-        !isUuid(t.i) ||
-        Number.isNaN(new Date(t.c).getTime())
-      ) {
-        throw new InvalidArgument([{ field: 'page_token', description: 'was issued for another filter' }]);
-      }
-      after = { createdAt: new Date(t.c), notificationId: t.i };
+      const { at, id } = decodePositionToken('notifications', input.pageToken, filter);
+      after = { createdAt: at, notificationId: id };
     }
     const asOf = this.clock.now();
     const repo = new NotificationRepository(db.em);
@@ -188,7 +177,7 @@ export class NotificationService {
     }
     const nextPageToken =
       more && after
-        ? encodePageToken('notifications', { ...filter, c: after.createdAt.toISOString(), i: after.notificationId })
+        ? encodePositionToken('notifications', filter, { at: after.createdAt, id: after.notificationId })
         : '';
     return { views, nextPageToken, asOf };
   }

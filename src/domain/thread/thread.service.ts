@@ -2,9 +2,9 @@ import type { EntityManager } from '@mikro-orm/postgresql';
 import type { Actor } from '../actor.js';
 import { boundByDeadline, type Db } from '../db.js';
 import type { Clock } from '../clock.js';
-import { isUuid, newId } from '../ids.js';
-import { decodePageToken, encodePageToken } from '../page-token.js';
-import { InvalidArgument, Violations } from '../errors.js';
+import { newId } from '../ids.js';
+import { decodePositionToken, encodePositionToken } from '../page-token.js';
+import { Violations } from '../errors.js';
 import { checkRequestId, checkUserId, checkUuid, pageSize } from '../validation.js';
 import {
   type EscalationLevel,
@@ -173,12 +173,8 @@ export class ThreadService {
     const state = input.state ?? null;
     let after: { lastActivityAt: Date; threadId: string } | undefined;
     if (input.pageToken !== '') {
-      const token = decodePageToken('threads', input.pageToken);
-      const at = new Date(String(token.at));
-      if (token.state !== state || typeof token.id !== 'string' || !isUuid(token.id) || Number.isNaN(at.getTime())) {
-        throw new InvalidArgument([{ field: 'page_token', description: 'does not belong to this filter' }]);
-      }
-      after = { lastActivityAt: at, threadId: token.id };
+      const { at, id } = decodePositionToken('threads', input.pageToken, { state });
+      after = { lastActivityAt: at, threadId: id };
     }
     const asOf = this.clock.now();
     const { views, more } = await new ThreadRepository(em).listForParticipant(
@@ -190,9 +186,7 @@ export class ThreadService {
     );
     const last = views.at(-1)?.thread;
     const nextPageToken =
-      more && last
-        ? encodePageToken('threads', { at: last.lastActivityAt.toISOString(), id: last.threadId, state })
-        : '';
+      more && last ? encodePositionToken('threads', { state }, { at: last.lastActivityAt, id: last.threadId }) : '';
     return { views: await this.#withReadStates(actor, em, views), nextPageToken, asOf };
   }
 
