@@ -39,7 +39,7 @@ type Decision =
   | { readonly type: 'retry'; readonly why: string }
   | { readonly type: 'reconsider' }
   | { readonly type: 'reconcile'; readonly intent: Intent; readonly attempt: AttemptView }
-  | { readonly type: 'send'; readonly intent: Intent; readonly claim: Claim };
+  | { readonly type: 'send'; readonly intent: Intent; readonly claim: Claim; readonly previews: boolean };
 
 /**
  * Runs the dispatch jobs of notification intents. A job names an intent; the dispatcher advances it as
@@ -74,7 +74,7 @@ export class Dispatcher {
       if (d.type === 'done') return;
       if (d.type === 'retry') throw new RetryLater(d.why);
       if (d.type === 'reconcile') await this.#reconcile(d.intent, d.attempt);
-      if (d.type === 'send') answered = { claim: d.claim, result: await this.#call(d.intent, d.claim) };
+      if (d.type === 'send') answered = { claim: d.claim, result: await this.#call(d.intent, d.claim, d.previews) };
     }
     throw new Error(`intent ${notificationId} did not settle within 32 moves`);
   }
@@ -165,7 +165,7 @@ export class Dispatcher {
             claimedAt: now,
           };
           await apply({ state: 'dispatching', claim, nextDispatchAt: null, bypass: action.bypass });
-          return { type: 'send', intent, claim };
+          return { type: 'send', intent, claim, previews: ctx.previews };
         }
         case 'skip':
           await apply({ nextStep: action.step + 1 });
@@ -221,7 +221,7 @@ export class Dispatcher {
   }
 
   /** Calls the provider, bounded by the request deadline; any throw counts as a transient error. */
-  async #call(intent: Intent, claim: Claim): Promise<CallResult> {
+  async #call(intent: Intent, claim: Claim, previews: boolean): Promise<CallResult> {
     const provider = this.providers.byChannel[claim.channel];
     const address = await this.addresses.address(intent.tenantId, intent.recipientUserId, claim.channel);
     if (address === undefined) {
@@ -247,7 +247,7 @@ export class Dispatcher {
           channel: claim.channel,
           address,
           reference: claim.reference,
-          text: await this.#text(intent),
+          text: await this.#text(intent, previews),
           deepLink: intent.deepLink,
           signal: abort.signal,
         }),
@@ -261,14 +261,12 @@ export class Dispatcher {
   }
 
   /** The channel text: the kind's (or the service template's) fixed text; a preview only if the tenant opted in. */
-  async #text(intent: Intent): Promise<string> {
+  async #text(intent: Intent, previews: boolean): Promise<string> {
     const base =
       intent.kind === 'service_event'
         ? (SERVICE_TEMPLATES[intent.templateKey] ?? SERVICE_TEMPLATES.generic!)
         : KIND_TEXTS[intent.kind];
-    if (intent.kind !== 'message_posted' || !intent.messageId) return base;
-    const repo = new NotificationRepository(this.orm.em.fork());
-    if (!(await repo.settings(intent.tenantId)).previews) return base;
+    if (!previews || intent.kind !== 'message_posted' || !intent.messageId) return base;
     const rows: { body: string }[] = await this.orm.em
       .fork()
       .execute('select body from message where tenant_id = ? and message_id = ?::uuid', [

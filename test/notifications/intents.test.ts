@@ -83,6 +83,17 @@ describe('NotificationService: intents of posted messages', () => {
     return { tenant, provider, patient, other, thread };
   }
 
+  it('puts a preview of the message in the channel text only for a tenant that opted in', async () => {
+    const { tenant, provider, patient, thread } = await twoPartyThread(threads);
+    await tenantPlans(tenant, DEFAULT_PLANS);
+    await db().query('update notification_settings set previews = true where tenant_id = $1', [tenant]);
+    await send(messages, provider, thread.threadId, 'your results are ready');
+    const [intent] = await listAll(notifications, patient);
+    await waitForNotification(notifications, patient, intent!.notificationId);
+    const sends = await sandboxSends(tenant);
+    expect(sends.map((r) => r.text)).to.deep.equal(['You have a new secure message: your results are ready']);
+  });
+
   it('a posted message yields one intent for the other participant, dispatched through the sandbox', async () => {
     const { tenant, provider, patient, thread } = await twoPartyThread(threads);
     await tenantPlans(tenant, DEFAULT_PLANS);

@@ -54,6 +54,8 @@ export interface DispatchContext {
   readonly member: boolean;
   readonly read: boolean;
   readonly preferences: Preferences | undefined;
+  /** The tenant opted into message previews in channel texts. */
+  readonly previews: boolean;
 }
 
 /** A user's stored preferences. */
@@ -138,6 +140,7 @@ export class NotificationRepository {
       member: boolean;
       read: boolean;
       prefs: Record<string, unknown> | null;
+      previews: boolean;
     };
     return {
       intent: intentFromRow(r.intent),
@@ -145,6 +148,7 @@ export class NotificationRepository {
       member: r.member,
       read: r.read,
       preferences: r.prefs ? preferencesFromRow(r.prefs) : undefined,
+      previews: r.previews,
     };
   }
 
@@ -220,9 +224,7 @@ export class NotificationRepository {
    * attempt still triggers the fallback.
    */
   async lockProviderMessage(tenantId: string, provider: string, providerMessageId: string): Promise<void> {
-    await this.em.execute(`select pg_advisory_xact_lock(hashtextextended(?, 0))`, [
-      `dispatch ${tenantId} ${provider} ${providerMessageId}`,
-    ]);
+    await this.em.execute('select comms_lock_provider_message(?, ?, ?)', [tenantId, provider, providerMessageId]);
   }
 
   /** Appends a record; returns false when a report with its (provider, provider_event_id) exists. */
@@ -309,16 +311,6 @@ export class NotificationRepository {
       uuidArray(jobs.map((j) => j.notificationId)),
       `{${jobs.map((j) => `"${j.at.toISOString()}"`).join(',')}}`,
     ]);
-  }
-
-  /** The tenant's settings (or the defaults, tenant ''). */
-  async settings(tenantId: string): Promise<{ previews: boolean; kindPlans: Record<string, PlanStep[]> }> {
-    const rows: { previews: boolean; kind_plans: Record<string, PlanStep[]> }[] = await this.em.execute(
-      `select previews, kind_plans from notification_settings where tenant_id in (?, '')
-        order by tenant_id desc limit 1`,
-      [tenantId],
-    );
-    return { previews: rows[0]?.previews ?? false, kindPlans: rows[0]?.kind_plans ?? {} };
   }
 
   /** Writes the default settings row (tenant ''); called at start so a changed default takes effect. */

@@ -322,9 +322,17 @@ export class Migration20261130000000_notifications extends Migration {
             and i.recipient_user_id = any (p_recipients);
       end $$`);
 
+    // Serialises the writers of one provider message id until commit: the attempt that carries it and the
+    // reports about it, so whichever commits second sees the other.
+    this.addSql(`
+      create function comms_lock_provider_message(p_tenant text, p_provider text, p_pmid text) returns void
+      language sql as $$
+        select pg_advisory_xact_lock(hashtextextended('dispatch ' || p_tenant || ' ' || p_provider || ' ' || p_pmid, 0))
+      $$`);
+
     // What the dispatcher decides from, in one round trip with cached plans: the intent (locked), its
     // records with the linked delivery reports, whether a MESSAGE_POSTED recipient still takes part and
-    // has read the message, and the recipient's preferences. With p_pmid, first takes the advisory lock
+    // has read the message, the recipient's preferences, and whether the tenant opted into previews. With p_pmid, first takes the advisory lock
     // of that provider message id (the writers of one provider message id serialise on it) and includes
     // the reports already stored for it.
     this.addSql(`
@@ -338,9 +346,10 @@ export class Migration20261130000000_notifications extends Migration {
         v_member boolean := true;
         v_read boolean := false;
         v_prefs json;
+        v_previews boolean;
       begin
         if p_pmid is not null then
-          perform pg_advisory_xact_lock(hashtextextended('dispatch ' || p_tenant || ' ' || p_provider || ' ' || p_pmid, 0));
+          perform comms_lock_provider_message(p_tenant, p_provider, p_pmid);
         end if;
         select * into i from notification_intent where tenant_id = p_tenant and notification_id = p_id for update;
         if not found then
@@ -376,8 +385,10 @@ export class Migration20261130000000_notifications extends Migration {
         end if;
         select row_to_json(p) into v_prefs from notification_preference p
          where p.tenant_id = p_tenant and p.user_id = i.recipient_user_id;
+        select s.previews into v_previews from notification_settings s where s.tenant_id in (p_tenant, '')
+         order by s.tenant_id desc limit 1;
         return json_build_object('intent', row_to_json(i), 'records', v_records, 'member', v_member, 'read', v_read,
-                                 'prefs', v_prefs);
+                                 'prefs', v_prefs, 'previews', coalesce(v_previews, false));
       end $$`);
 
     this.addSql(SEND_MESSAGE_WITH_NOTIFICATIONS_SQL);
