@@ -58,3 +58,12 @@ export function sqlDate(value: unknown): Date {
 export function sqlDateOrNull(value: unknown): Date | null {
   return value === null || value === undefined ? null : sqlDate(value);
 }
+
+/**
+ * A PostgreSQL array literal of ids, texts, numbers or ISO timestamps, for a `?::type[]` parameter
+ * (MikroORM expands JavaScript arrays into value lists). Elements are quoted, quotes and backslashes
+ * escaped.
+ */
+export function pgArray(values: readonly (string | number)[]): string {
+  return `{${values.map((v) => `"${String(v).replace(/["\\]/g, (c) => `\\${c}`)}"`).join(',')}}`;
+}

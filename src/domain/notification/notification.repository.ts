@@ -1,5 +1,5 @@
 import type { EntityManager } from '@mikro-orm/postgresql';
-import { sqlDate, sqlDateOrNull } from '../db.js';
+import { pgArray, sqlDate, sqlDateOrNull } from '../db.js';
 import type {
   AttemptOutcome,
   Channel,
@@ -83,10 +83,6 @@ export interface NotifyRequest {
   readonly plan: readonly PlanStep[] | undefined;
   readonly now: Date;
 }
-
-const uuidArray = (ids: readonly string[]) => `{${ids.join(',')}}`;
-// A text[] literal: JSON's string escapes are the array literal's too.
-const textArray = (values: readonly string[]) => `{${values.map((v) => JSON.stringify(v)).join(',')}}`;
 
 /** SQL access for intents, records and preferences. */
 export class NotificationRepository {
@@ -195,7 +191,7 @@ export class NotificationRepository {
           and (r.provider, r.provider_message_id) in (select o.provider, o.provider_message_id from own o
                                                        where o.provider_message_id <> '')
        order by recorded_at, record_id`,
-      [tenantId, uuidArray(notificationIds), tenantId],
+      [tenantId, pgArray(notificationIds), tenantId],
     );
     return rows.map(recordFromRow);
   }
@@ -308,8 +304,8 @@ export class NotificationRepository {
     if (jobs.length === 0) return;
     await this.em.execute(`select comms_enqueue_dispatch(?, ?::uuid[], ?::timestamptz[])`, [
       tenantId,
-      uuidArray(jobs.map((j) => j.notificationId)),
-      `{${jobs.map((j) => `"${j.at.toISOString()}"`).join(',')}}`,
+      pgArray(jobs.map((j) => j.notificationId)),
+      pgArray(jobs.map((j) => j.at.toISOString())),
     ]);
   }
 
@@ -358,7 +354,7 @@ function notifyParams(r: NotifyRequest): unknown[] {
     r.kind,
     r.requestedBy,
     r.eventId,
-    textArray(r.recipients),
+    pgArray(r.recipients),
     r.threadId,
     r.messageId,
     r.sessionId,

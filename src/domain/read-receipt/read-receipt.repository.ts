@@ -1,5 +1,5 @@
 import type { EntityManager } from '@mikro-orm/postgresql';
-import { sqlDate } from '../db.js';
+import { pgArray, sqlDate } from '../db.js';
 import { position, type MessagePosition } from '../message/message.entity.js';
 
 /** A message the caller is about to mark read, with what the upsert needs of it. */
@@ -45,15 +45,6 @@ export interface MessageForMark {
   readonly messageId: string;
   readonly threadId: string;
   readonly member: boolean;
-}
-
-/**
- * A PostgreSQL array literal of ids, numbers or ISO timestamps, for a `?::type[]` parameter (MikroORM
- * expands JavaScript arrays into value lists). Elements are quoted; none of these values holds a quote
- * or a backslash, and any that did would be escaped.
- */
-function pgArray(values: readonly (string | number)[]): string {
-  return `{${values.map((v) => `"${String(v).replace(/["\\]/g, (c) => `\\${c}`)}"`).join(',')}}`;
 }
 
 /**
