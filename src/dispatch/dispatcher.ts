@@ -1,4 +1,4 @@
-import type { EntityManager, MikroORM } from '@mikro-orm/postgresql';
+import type { MikroORM } from '@mikro-orm/postgresql';
 import type { Clock } from '../domain/clock.js';
 import { newId } from '../domain/ids.js';
 import { nextAction } from '../domain/notification/notification.plan.js';
@@ -79,8 +79,8 @@ export class Dispatcher {
     throw new Error(`intent ${notificationId} did not settle within 32 moves`);
   }
 
-  #tx<T>(work: (repo: NotificationRepository, em: EntityManager) => Promise<T>): Promise<T> {
-    return this.orm.em.fork().transactional((em) => work(new NotificationRepository(em), em));
+  #tx<T>(work: (repo: NotificationRepository) => Promise<T>): Promise<T> {
+    return this.orm.em.fork().transactional((em) => work(new NotificationRepository(em)));
   }
 
   /**

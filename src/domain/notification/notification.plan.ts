@@ -75,10 +75,10 @@ export function nextAction(input: PlanInput): PlanAction {
   const { attempts } = input;
   for (const a of attempts) {
     if (reconciled(a)) continue;
+    // Each attempt is looked up once; one found but still unconfirmed past its deadline counts as
+    // failed for a fallback step (planAction).
     if (a.attempt.outcome === 'timeout' || unconfirmed(a, input)) return { type: 'reconcile', attempt: a };
   }
-  // (An attempt is looked up once; one found but still unconfirmed past its deadline counts as failed
-  // for the fallback below.)
   const action = planAction(input);
   if (action.type !== 'settle' && action.type !== 'wait') return action;
   // An accepted attempt still unconfirmed is looked up at its deadline, also when nothing else is due.
