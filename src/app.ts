@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import type { MikroORM } from '@mikro-orm/postgresql';
 import type { HealthImplementation } from 'grpc-health-check';
 import { systemClock, type Clock } from './domain/clock.js';
@@ -5,12 +6,15 @@ import { MessageService } from './domain/message/message.service.js';
 import { DEFAULT_PLANS } from './domain/notification/notification.policy.js';
 import { NotificationRepository } from './domain/notification/notification.repository.js';
 import { NotificationService } from './domain/notification/notification.service.js';
-import { Dispatcher } from './dispatch/dispatcher.js';
+import { Dispatcher, RetryLater } from './dispatch/dispatcher.js';
 import { type ChannelProvider, inAppProvider, sandboxAddressBook } from './dispatch/provider.js';
 import { JobQueue } from './dispatch/queue.js';
 import { SandboxProvider } from './dispatch/sandbox.js';
 import { ReadReceiptService } from './domain/read-receipt/read-receipt.service.js';
 import { ThreadService } from './domain/thread/thread.service.js';
+import { SessionRepository } from './domain/session/session.repository.js';
+import { SessionService, TimerNotDue } from './domain/session/session.service.js';
+import { SandboxRoomProvider } from './rooms/sandbox.js';
 import { Authenticator } from './infra/auth/authenticator.js';
 import type { Config } from './infra/config/config.js';
 import { type EmbeddedDatabase, startEmbeddedPostgres } from './infra/db/embedded.js';
@@ -31,6 +35,17 @@ export interface App {
   readonly log: Logger;
   /** This replica's live-feed fan-out (streams and subscribers open here). */
   readonly feeds: FeedHub;
+  /**
+   * The server's clock for sessions: `tick` applies what is due for one session, `runDue` for every
+   * session (of a tenant) whose timer has come by this app's clock. Timer jobs and the sweep call them;
+   * tests with a controllable clock call them after moving it.
+   */
+  readonly sessionTimers: {
+    tick(tenantId: string, sessionId: string): Promise<boolean>;
+    runDue(tenantId?: string): Promise<number>;
+  };
+  /** The sandbox realtime provider (its `connect` plays a client joining a room with a credential). */
+  readonly rooms: SandboxRoomProvider;
   /**
    * Graceful shutdown: health NOT_SERVING, keep serving for `shutdownDrainDelayMs` so load balancers
    * and clients watching health move away, end live feeds with UNAVAILABLE (after the last event each
@@ -95,10 +110,25 @@ export async function startApp(config: Config, opts: { clock?: Clock; log?: Logg
     clock,
     log,
   );
+  const rooms = new SandboxRoomProvider(
+    orm,
+    config.jwt.secret ?? randomBytes(32).toString('hex'),
+    config.session.credentialTtlSeconds,
+  );
+  const sessions = new SessionService(clock, rooms, (err, what) =>
+    log.warn({ err: String(err), what }, 'realtime provider call failed'),
+  );
+  await new SessionRepository(orm.em.fork()).saveDefaultSettings(config.session.defaults);
+  const timerDb = () => ({ em: orm.em.fork(), deadline: undefined, statementTimeoutMs: config.dbStatementTimeoutMs });
+  const sessionTimers = {
+    tick: (tenantId: string, sessionId: string) => sessions.tick(timerDb(), tenantId, sessionId),
+    runDue: (tenantId?: string) => sessions.runDue(timerDb(), tenantId),
+  };
   const jobs = await JobQueue.start(
     {
       url,
       work: config.notify.dispatch,
+      timers: config.session.timers,
       concurrency: config.notify.concurrency,
       pollMs: config.notify.pollMs,
       heartbeatSeconds: config.notify.jobHeartbeatSeconds,
@@ -107,6 +137,13 @@ export async function startApp(config: Config, opts: { clock?: Clock; log?: Logg
       poolMax: config.notify.jobPoolMax,
     },
     dispatcher,
+    async (tenantId, sessionId, at) => {
+      try {
+        await sessions.tick(timerDb(), tenantId, sessionId, at);
+      } catch (err) {
+        throw err instanceof TimerNotDue ? new RetryLater(err.message) : err;
+      }
+    },
     log,
   );
   const feeds = new FeedHub(orm, log, { cacheEvents: config.feed.cacheEvents, pageSize: 200 });
@@ -131,6 +168,7 @@ export async function startApp(config: Config, opts: { clock?: Clock; log?: Logg
     messages: new MessageService(clock, { bodyMaxBytes: config.limits.messageMaxBytes }),
     receipts: new ReadReceiptService(clock, { maxIdsPerCall: config.limits.markReadMaxIds }),
     notifications,
+    sessions,
     feeds,
     feedHeartbeatMs: config.feed.heartbeatMs,
   });
@@ -174,12 +212,25 @@ export async function startApp(config: Config, opts: { clock?: Clock; log?: Logg
   }, config.feed.pruneIntervalMs);
   prune.unref();
 
+  // The session sweep: a backstop to the timer jobs (one that exhausted its retries, say).
+  let sweeping = false;
+  const sweep = setInterval(() => {
+    if (sweeping || draining || !config.session.timers) return;
+    sweeping = true;
+    sessionTimers
+      .runDue()
+      .catch((err: unknown) => log.warn({ err: String(err) }, 'session sweep failed'))
+      .finally(() => (sweeping = false));
+  }, config.session.sweepMs);
+  sweep.unref();
+
   let stopping: Promise<void> | undefined;
   const shutdown = () =>
     (stopping ??= (async () => {
       draining = true;
       clearInterval(probe);
       clearInterval(prune);
+      clearInterval(sweep);
       setServing(health, false);
       log.info({ drainDelayMs: config.shutdownDrainDelayMs, graceMs: config.shutdownGraceMs }, 'shutting down');
       await new Promise((resolve) => setTimeout(resolve, config.shutdownDrainDelayMs));
@@ -206,5 +257,5 @@ export async function startApp(config: Config, opts: { clock?: Clock; log?: Logg
     })());
 
   log.info({ port, embedded: embedded !== undefined }, 'serving');
-  return { port, health, orm, log, feeds, shutdown };
+  return { port, health, orm, log, feeds, sessionTimers, rooms, shutdown };
 }

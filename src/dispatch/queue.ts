@@ -5,11 +5,19 @@ import { type Dispatcher, RetryLater } from './dispatcher.js';
 /** The queue `comms_enqueue_dispatch` writes to (see migration 20261130000000). */
 export const DISPATCH_QUEUE = 'notification-dispatch';
 
+/** The queue `comms_enqueue_session_timer` writes to (see migration 20261201000000). */
+export const SESSION_TIMER_QUEUE = 'session-timer';
+
+/** Runs one session timer job: the session's clock-driven changes due at `at`. */
+export type SessionTimerRunner = (tenantId: string, sessionId: string, at: Date) => Promise<void>;
+
 /** Job-queue settings (NOTIFY_* configuration). */
 export interface JobQueueOptions {
   readonly url: string;
   /** Run dispatch jobs on this replica (every replica may; each job runs on one at a time). */
   readonly work: boolean;
+  /** Run session timer jobs on this replica. */
+  readonly timers: boolean;
   readonly concurrency: number;
   readonly pollMs: number;
   /** A running job that sends no heartbeat for this long is taken for dead and retried elsewhere. */
@@ -36,7 +44,12 @@ export class JobQueue {
     this.#boss = boss;
   }
 
-  static async start(options: JobQueueOptions, dispatcher: Dispatcher, log: Logger): Promise<JobQueue> {
+  static async start(
+    options: JobQueueOptions,
+    dispatcher: Dispatcher,
+    sessionTimer: SessionTimerRunner,
+    log: Logger,
+  ): Promise<JobQueue> {
     const boss = new PgBoss({
       connectionString: options.url,
       application_name: 'comms-jobs',
@@ -55,12 +68,14 @@ export class JobQueue {
       heartbeatSeconds: options.heartbeatSeconds,
       expireInSeconds: 900,
     };
-    try {
-      if (await boss.getQueue(DISPATCH_QUEUE)) await boss.updateQueue(DISPATCH_QUEUE, queueOptions);
-      else await boss.createQueue(DISPATCH_QUEUE, { ...queueOptions, policy: 'singleton' });
-    } catch (err) {
-      // Another replica created it at the same moment.
-      if (!(await boss.getQueue(DISPATCH_QUEUE))) throw err;
+    for (const name of [DISPATCH_QUEUE, SESSION_TIMER_QUEUE]) {
+      try {
+        if (await boss.getQueue(name)) await boss.updateQueue(name, queueOptions);
+        else await boss.createQueue(name, { ...queueOptions, policy: 'singleton' });
+      } catch (err) {
+        // Another replica created it at the same moment.
+        if (!(await boss.getQueue(name))) throw err;
+      }
     }
     const queue = new JobQueue(boss, log);
     if (options.work) {
@@ -84,6 +99,25 @@ export class JobQueue {
               } catch (err) {
                 if (!(err instanceof RetryLater))
                   log.error({ err, notificationId: job.data.id }, 'dispatch job failed');
+                return { id: job.id, status: 'failed' as const, output: { error: String(err) } };
+              }
+            }),
+          ),
+      );
+    }
+    if (options.timers) {
+      await boss.work<{ tenant: string; id: string; at: string }>(
+        SESSION_TIMER_QUEUE,
+        { batchSize: 4, perJobResults: true, pollingIntervalSeconds: options.pollMs / 1000 },
+        async (batch) =>
+          Promise.all(
+            batch.map(async (job) => {
+              try {
+                await sessionTimer(job.data.tenant, job.data.id, new Date(job.data.at));
+                return { id: job.id, status: 'completed' as const };
+              } catch (err) {
+                if (!(err instanceof RetryLater))
+                  log.error({ err, sessionId: job.data.id }, 'session timer job failed');
                 return { id: job.id, status: 'failed' as const, output: { error: String(err) } };
               }
             }),

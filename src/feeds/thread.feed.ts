@@ -11,7 +11,7 @@ import {
 import type { ThreadView } from '../domain/thread/thread.entity.js';
 import { ThreadAccessRevoked } from '../domain/thread/thread.errors.js';
 import { threadPermissions } from '../domain/thread/thread.policy.js';
-import { fromSnapshot } from '../domain/thread/thread.snapshot.js';
+import { fromSnapshot, type ThreadSnapshot } from '../domain/thread/thread.snapshot.js';
 import type { ThreadService } from '../domain/thread/thread.service.js';
 import type { FeedHub, Prepared } from './hub.js';
 import { seqLog } from './logs.js';
@@ -51,7 +51,10 @@ async function prepare(em: EntityManager, tenantId: string, events: readonly Fee
     } else {
       // thread_changed: the thread as the event kept it; each subscriber adds its own read state.
       if (!event.snapshot) throw new Error(`feed event ${event.stream}#${event.seq}: thread snapshot missing`);
-      out.push({ event, shared: { kind: 'thread_changed', thread: fromSnapshot(em, event.snapshot) } });
+      out.push({
+        event,
+        shared: { kind: 'thread_changed', thread: fromSnapshot(em, event.snapshot as ThreadSnapshot) },
+      });
     }
   }
   return out;

@@ -6,6 +6,7 @@ import type {
   WatchThreadRequest,
   WatchThreadResponse,
 } from '../../gen/comms/v1/feed.js';
+import type { SessionService } from '../domain/session/session.service.js';
 import type { ThreadService } from '../domain/thread/thread.service.js';
 import type { FeedHub } from '../feeds/hub.js';
 import { watchInbox } from '../feeds/inbox.feed.js';
@@ -27,7 +28,12 @@ function mapped<T extends object, R>(out: T, map: (out: T) => R): R {
 }
 
 /** FeedService handlers: decode → feed → encode, one response per feed output. */
-export function feedHandlers(hub: FeedHub, threads: ThreadService, options: { heartbeatMs: number }) {
+export function feedHandlers(
+  hub: FeedHub,
+  threads: ThreadService,
+  sessions: SessionService,
+  options: { heartbeatMs: number },
+) {
   const { heartbeatMs } = options;
 
   const watchThreadHandler: StreamHandler<WatchThreadRequest, WatchThreadResponse> = async function* (req, ctx) {
@@ -46,12 +52,12 @@ export function feedHandlers(hub: FeedHub, threads: ThreadService, options: { he
   };
 
   const watchSessionHandler: StreamHandler<WatchSessionRequest, WatchSessionResponse> = async function* (req, ctx) {
-    const feed = watchSession(hub, ctx.actor, ctx, {
+    const feed = await watchSession(hub, sessions, ctx.actor, ctx, {
       sessionId: req.sessionId,
       resumeToken: req.resumeToken,
       heartbeatMs,
     });
-    for await (const out of feed) yield sessionFeedToPb(out);
+    for await (const out of feed) yield mapped(out, sessionFeedToPb);
   };
 
   return { watchThread: watchThreadHandler, watchInbox: watchInboxHandler, watchSession: watchSessionHandler };

@@ -1,8 +1,10 @@
 import type { WatchInboxResponse, WatchSessionResponse, WatchThreadResponse } from '../../gen/comms/v1/feed.js';
 import type { InboxFeedItem } from '../feeds/inbox.feed.js';
+import type { SessionFeedItem } from '../feeds/session.feed.js';
 import type { ThreadFeedItem } from '../feeds/thread.feed.js';
 import type { FeedOutput } from '../feeds/watch.js';
 import { messageToPb, receiptToPb, watermarkToPb } from './message.mapper.js';
+import { participantToPb, sessionToPb } from './session.mapper.js';
 import { threadToPb } from './thread.mapper.js';
 
 type Marker = { $case: 'caughtUp'; value: { asOf: Date } } | { $case: 'heartbeat'; value: { sentAt: Date } };
@@ -51,7 +53,15 @@ export function inboxFeedToPb(out: FeedOutput<InboxFeedItem>): WatchInboxRespons
   };
 }
 
-export function sessionFeedToPb(out: FeedOutput<never>): WatchSessionResponse {
+export function sessionFeedToPb(out: FeedOutput<SessionFeedItem>): WatchSessionResponse {
   if (out.type !== 'event') return { resumeToken: out.resumeToken, occurredAt: out.at, event: marker(out) };
-  return out.item;
+  const { item } = out;
+  return {
+    resumeToken: out.resumeToken,
+    occurredAt: out.occurredAt,
+    event:
+      item.kind === 'session_changed'
+        ? { $case: 'sessionChanged', value: sessionToPb(item.session) }
+        : { $case: 'participantChanged', value: participantToPb(item.participant) },
+  };
 }

@@ -12,7 +12,6 @@ import {
   type ChannelPlanStep as PbPlanStep,
 } from '../../gen/comms/v1/notification.js';
 import type { Duration } from '../../gen/google/protobuf/duration.js';
-import { InvalidArgument } from '../domain/errors.js';
 import type {
   AttemptOutcome,
   Channel,
@@ -30,7 +29,7 @@ import type {
   RecordView,
 } from '../domain/notification/notification.service.js';
 
-import { invert } from './enums.js';
+import { fromPb, invert } from './enums.js';
 
 const KIND: Record<NotificationKind, PbKind> = {
   message_posted: PbKind.NOTIFICATION_KIND_MESSAGE_POSTED,
@@ -86,17 +85,6 @@ const STATUS_FROM = invert(STATUS);
 const CHANNEL_FROM = invert(CHANNEL);
 const CONDITION_FROM = invert(CONDITION);
 const DELIVERY_FROM = invert(DELIVERY);
-
-/**
- * An enum field of a request: 0 → undefined (unset); a known value → its domain value; a value this
- * server does not know → INVALID_ARGUMENT naming the field.
- */
-function fromPb<K>(table: Map<number, K>, value: number, field: string): K | undefined {
-  if (value === 0) return undefined;
-  const known = table.get(value);
-  if (known === undefined) throw new InvalidArgument([{ field, description: `unknown value ${value}` }]);
-  return known;
-}
 
 export const kindFromPb = (v: PbKind, field: string) => fromPb(KIND_FROM, v, field);
 export const statusFromPb = (v: PbStatus, field: string) => fromPb(STATUS_FROM, v, field);

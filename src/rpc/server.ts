@@ -19,6 +19,7 @@ import { ThreadServiceService } from '../../gen/comms/v1/thread.js';
 import type { MessageService } from '../domain/message/message.service.js';
 import type { NotificationService } from '../domain/notification/notification.service.js';
 import type { ReadReceiptService } from '../domain/read-receipt/read-receipt.service.js';
+import type { SessionService } from '../domain/session/session.service.js';
 import type { ThreadService } from '../domain/thread/thread.service.js';
 import type { Config } from '../infra/config/config.js';
 import type { FeedHub } from '../feeds/hub.js';
@@ -26,6 +27,7 @@ import type { RpcAdapter, StreamHandler, UnaryHandler } from './adapter.js';
 import { feedHandlers } from './feed.handlers.js';
 import { messageHandlers, readReceiptHandlers } from './message.handlers.js';
 import { notificationHandlers } from './notification.handlers.js';
+import { sessionHandlers } from './session.handlers.js';
 import { threadHandlers } from './thread.handlers.js';
 
 /** The descriptor set `npm run generate` writes with `buf build`; server reflection serves it. */
@@ -38,7 +40,7 @@ const SERVICES = [
   { name: 'comms.v1.ReadReceiptService', definition: ReadReceiptServiceService, issue: undefined },
   { name: 'comms.v1.FeedService', definition: FeedServiceService, issue: undefined },
   { name: 'comms.v1.NotificationService', definition: NotificationServiceService, issue: undefined },
-  { name: 'comms.v1.VirtualSessionService', definition: VirtualSessionServiceService, issue: 7 },
+  { name: 'comms.v1.VirtualSessionService', definition: VirtualSessionServiceService, issue: undefined },
 ] as const;
 
 export const SERVICE_NAMES: readonly string[] = SERVICES.map((s) => s.name);
@@ -67,6 +69,7 @@ export interface Domain {
   readonly messages: MessageService;
   readonly receipts: ReadReceiptService;
   readonly notifications: NotificationService;
+  readonly sessions: SessionService;
   readonly feeds: FeedHub;
   readonly feedHeartbeatMs: number;
 }
@@ -77,8 +80,11 @@ export function addServices(server: Server, adapter: RpcAdapter, domain: Domain)
     'comms.v1.ThreadService': threadHandlers(domain.threads),
     'comms.v1.MessageService': messageHandlers(domain.messages),
     'comms.v1.ReadReceiptService': readReceiptHandlers(domain.receipts),
-    'comms.v1.FeedService': feedHandlers(domain.feeds, domain.threads, { heartbeatMs: domain.feedHeartbeatMs }),
+    'comms.v1.FeedService': feedHandlers(domain.feeds, domain.threads, domain.sessions, {
+      heartbeatMs: domain.feedHeartbeatMs,
+    }),
     'comms.v1.NotificationService': notificationHandlers(domain.notifications),
+    'comms.v1.VirtualSessionService': sessionHandlers(domain.sessions),
   } as Record<string, Record<string, UnaryHandler<never, unknown> | StreamHandler<never, unknown>>>;
   for (const { name, definition, issue } of SERVICES) {
     const impl: UntypedServiceImplementation = {};

@@ -22,7 +22,8 @@ const STATE_TO_PB: Record<ThreadState, PbThreadState> = {
   archived: PbThreadState.THREAD_STATE_ARCHIVED,
 };
 
-const ROLE_TO_PB: Record<ParticipantRole, PbParticipantRole> = {
+/** Domain participant role → proto (threads and sessions share the enum). */
+export const ROLE_TO_PB: Record<ParticipantRole, PbParticipantRole> = {
   patient: PbParticipantRole.PARTICIPANT_ROLE_PATIENT,
   provider: PbParticipantRole.PARTICIPANT_ROLE_PROVIDER,
   care_staff: PbParticipantRole.PARTICIPANT_ROLE_CARE_STAFF,
@@ -38,7 +39,7 @@ const LEVEL_TO_PB: Record<EscalationLevel, PbEscalationLevel> = {
 };
 
 const STATE_FROM_PB = invert(STATE_TO_PB);
-const ROLE_FROM_PB = invert(ROLE_TO_PB);
+export const ROLE_FROM_PB = invert(ROLE_TO_PB);
 const LEVEL_FROM_PB = invert(LEVEL_TO_PB);
 
 /** Proto state filter → domain; UNSPECIFIED (or an unknown value) → undefined. */

@@ -10,7 +10,6 @@ import { GrpcReflection } from 'grpc-js-reflection-client';
 import { type JWTPayload, SignJWT, UnsecuredJWT } from 'jose';
 import { expect } from 'chai';
 import { ThreadServiceClient } from '../../gen/comms/v1/thread.js';
-import { VirtualSessionServiceClient } from '../../gen/comms/v1/session.js';
 import { signDevToken } from '../../src/infra/auth/dev-token.js';
 import { SERVICE_NAMES } from '../../src/rpc/server.js';
 import {
@@ -275,20 +274,6 @@ describe('server: errors and unimplemented services', () => {
     );
     expect(rpcStatus.code).to.equal(status.INVALID_ARGUMENT);
     expect(badRequest?.fieldViolations.map((v) => v.field)).to.deep.equal(['thread_id']);
-  });
-
-  it('answers UNIMPLEMENTED with reason NOT_IMPLEMENTED_YET for services of later issues', async () => {
-    const sessions = new VirtualSessionServiceClient(env.address, credentials.createInsecure());
-    try {
-      const { info } = await expectError(
-        call(sessions, sessions.getSession, { sessionId: '0190d7a0-0000-7000-8000-000000000000' }, user.md),
-        status.UNIMPLEMENTED,
-        'NOT_IMPLEMENTED_YET',
-      );
-      expect(info?.metadata.issue).to.equal('7');
-    } finally {
-      sessions.close();
-    }
   });
 
   it('refuses a request larger than the receive limit', async () => {

@@ -1,6 +1,11 @@
 import { type ClientReadableStream, credentials, type Metadata, type ServiceError, status } from '@grpc/grpc-js';
 import { expect } from 'chai';
-import { FeedServiceClient, type WatchInboxResponse, type WatchThreadResponse } from '../../gen/comms/v1/feed.js';
+import {
+  FeedServiceClient,
+  type WatchInboxResponse,
+  type WatchSessionResponse,
+  type WatchThreadResponse,
+} from '../../gen/comms/v1/feed.js';
 import type { MessageServiceClient } from '../../gen/comms/v1/message.js';
 import type { ReadReceiptServiceClient } from '../../gen/comms/v1/read_receipt.js';
 import { ParticipantRole, type ThreadServiceClient } from '../../gen/comms/v1/thread.js';
@@ -14,7 +19,7 @@ export function feedClient(address = env.address): FeedServiceClient {
   return new FeedServiceClient(address, credentials.createInsecure());
 }
 
-type FeedResponse = WatchThreadResponse | WatchInboxResponse;
+type FeedResponse = WatchThreadResponse | WatchInboxResponse | WatchSessionResponse;
 
 /**
  * An open feed stream that records every response, and how it ended. `waitFor` resolves once the
@@ -115,6 +120,16 @@ export function watchThread(
 /** Opens WatchInbox as the caller whose metadata is `md`. */
 export function watchInbox(client: FeedServiceClient, md: Metadata, resumeToken = ''): FeedStream<WatchInboxResponse> {
   return new FeedStream(client.watchInbox({ resumeToken }, md));
+}
+
+/** Opens WatchSession as the caller whose metadata is `md`. */
+export function watchSession(
+  client: FeedServiceClient,
+  md: Metadata,
+  sessionId: string,
+  resumeToken = '',
+): FeedStream<WatchSessionResponse> {
+  return new FeedStream(client.watchSession({ sessionId, resumeToken }, md));
 }
 
 /** The message ids of the messagePosted events received, in order. */

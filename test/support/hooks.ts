@@ -22,6 +22,8 @@ export function testConfig(overrides: Record<string, string> = {}): Config {
     // The shared server is an API replica: a notification test that needs jobs run starts a dispatcher
     // (useDispatcher), so each suite knows which instances take its jobs.
     NOTIFY_DISPATCH: 'false',
+    // Session timers likewise: a test of the server's clock starts its own instance (test/support/sessions.ts).
+    SESSION_TIMERS: 'false',
     ...overrides,
   });
 }

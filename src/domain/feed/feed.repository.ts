@@ -20,7 +20,8 @@ export interface NewFeedEvent {
   readonly message_id?: string;
   readonly user_id?: string;
   readonly message_ids?: readonly string[];
-  readonly snapshot?: ThreadSnapshot;
+  /** What a change event delivers, as JSON: the thread (ThreadSnapshot), the session, the participant. */
+  readonly snapshot?: ThreadSnapshot | Record<string, unknown>;
 }
 
 /** A stored event. */
@@ -32,7 +33,7 @@ export interface FeedEvent {
   readonly messageId: string | null;
   readonly userId: string | null;
   readonly messageIds: readonly string[];
-  readonly snapshot: ThreadSnapshot | null;
+  readonly snapshot: Record<string, unknown> | null;
   readonly occurredAt: Date;
 }
 
@@ -148,7 +149,7 @@ export class FeedRepository {
       messageId: (r.message_id as string | null) ?? null,
       userId: (r.user_id as string | null) ?? null,
       messageIds: (r.message_ids as string[] | null) ?? [],
-      snapshot: (r.snapshot as ThreadSnapshot | null) ?? null,
+      snapshot: (r.snapshot as Record<string, unknown> | null) ?? null,
       occurredAt: sqlDate(r.occurred_at),
     }));
   }

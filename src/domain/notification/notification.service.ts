@@ -211,8 +211,13 @@ export class NotificationService {
         if (!m[0]!.found) throw new MessageNotFound(messageId);
       }
     }
-    // Virtual sessions arrive with issue 7: until then no session exists.
-    if (sessionId) throw new SessionNotFound(sessionId);
+    if (sessionId) {
+      const rows: { found: boolean }[] = await db.em.execute(
+        'select exists (select 1 from virtual_session where tenant_id = ? and session_id = ?::uuid) as found',
+        [actor.tenantId, sessionId],
+      );
+      if (!rows[0]!.found) throw new SessionNotFound(sessionId);
+    }
     const [intent] = await repo.notify({
       tenantId: actor.tenantId,
       kind: 'service_event',

@@ -1,5 +1,6 @@
 import { bool, cleanEnv, makeValidator, port, str, url } from 'envalid';
 import { CHANNELS, KINDS, PLAN_CONDITIONS } from '../../domain/notification/notification.policy.js';
+import type { SessionSettings } from '../../domain/session/session.policy.js';
 
 /** Thrown when the environment holds a bad value; lists every bad variable with what is wrong. */
 export class ConfigError extends Error {
@@ -118,6 +119,9 @@ const deepLinkBase = makeValidator<string>((raw) => {
   return raw;
 });
 
+/** Realtime (video room) provider adapters this build ships. */
+export const ROOM_PROVIDER_NAMES = ['sandbox'] as const;
+
 /** The development JWT secret, used only outside production when JWT_SECRET and JWT_JWKS_URL are unset. */
 export const DEV_JWT_SECRET = 'comms-dev-secret-not-for-production-use-0001';
 
@@ -177,6 +181,18 @@ export interface Config {
     /** Default plans replacing the built-in ones, per kind (NOTIFY_DEFAULT_PLANS). */
     readonly defaultPlans: Readonly<Record<string, readonly PlanStepConfig[]>>;
   };
+  readonly session: {
+    /** Run session timer jobs (waiting room opening, expiries, maximum duration) on this replica. */
+    readonly timers: boolean;
+    /** How often a timer replica also sweeps sessions whose timer has come (a backstop to the jobs). */
+    readonly sweepMs: number;
+    /** The default session settings (tenant ''); a tenant's own `session_settings` row overrides them. */
+    readonly defaults: SessionSettings;
+    /** The realtime provider adapter that holds the rooms. */
+    readonly roomProvider: (typeof ROOM_PROVIDER_NAMES)[number];
+    /** Lifetime of a join credential. */
+    readonly credentialTtlSeconds: number;
+  };
   readonly shutdownGraceMs: number;
   readonly shutdownDrainDelayMs: number;
   readonly healthProbeMs: number;
@@ -232,6 +248,18 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       NOTIFY_SANDBOX_REPORTS: reportStatuses({ default: ['delivered'] }),
       NOTIFY_DEEP_LINK_BASE: deepLinkBase({ default: 'comms://' }),
       NOTIFY_DEFAULT_PLANS: defaultPlans({ default: {} }),
+      SESSION_TIMERS: bool({ default: true, desc: 'run session timer jobs on this replica' }),
+      SESSION_SWEEP_MS: int(1_000, 3_600_000)({ default: 60_000 }),
+      SESSION_LEAD_MS: int(0, 86_400_000)({ default: 900_000 }),
+      SESSION_NO_SHOW_MS: int(60_000, 86_400_000)({ default: 1_800_000 }),
+      SESSION_WAITING_MS: int(10_000, 86_400_000)({ default: 1_200_000 }),
+      SESSION_REJOIN_ALLOWED: bool({ default: true }),
+      SESSION_REJOIN_GRACE_MS: int(0, 3_600_000)({ default: 120_000 }),
+      SESSION_PROVIDER_GRACE_MS: int(0, 3_600_000)({ default: 300_000 }),
+      SESSION_MAX_DURATION_MS: int(60_000, 86_400_000)({ default: 14_400_000 }),
+      SESSION_OVERRUN_MS: int(0, 86_400_000)({ default: 1_800_000 }),
+      SESSION_ROOM_PROVIDER: str({ choices: ROOM_PROVIDER_NAMES, default: 'sandbox' }),
+      SESSION_CREDENTIAL_TTL_SECONDS: int(30, 86_400)({ default: 300 }),
       SHUTDOWN_GRACE_MS: int(0, 600_000)({ default: 10_000 }),
       SHUTDOWN_DRAIN_DELAY_MS: int(0, 600_000)({ default: 1_000 }),
       HEALTH_PROBE_MS: int(100, 60_000)({ default: 2_000 }),
@@ -300,6 +328,22 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       sandboxReports: e.NOTIFY_SANDBOX_REPORTS,
       deepLinkBase: e.NOTIFY_DEEP_LINK_BASE,
       defaultPlans: e.NOTIFY_DEFAULT_PLANS,
+    },
+    session: {
+      timers: e.SESSION_TIMERS,
+      sweepMs: e.SESSION_SWEEP_MS,
+      defaults: {
+        leadMs: e.SESSION_LEAD_MS,
+        noShowMs: e.SESSION_NO_SHOW_MS,
+        waitingMs: e.SESSION_WAITING_MS,
+        rejoinAllowed: e.SESSION_REJOIN_ALLOWED,
+        rejoinGraceMs: e.SESSION_REJOIN_GRACE_MS,
+        providerGraceMs: e.SESSION_PROVIDER_GRACE_MS,
+        maxDurationMs: e.SESSION_MAX_DURATION_MS,
+        overrunMs: e.SESSION_OVERRUN_MS,
+      },
+      roomProvider: e.SESSION_ROOM_PROVIDER,
+      credentialTtlSeconds: e.SESSION_CREDENTIAL_TTL_SECONDS,
     },
     shutdownGraceMs: e.SHUTDOWN_GRACE_MS,
     shutdownDrainDelayMs: e.SHUTDOWN_DRAIN_DELAY_MS,

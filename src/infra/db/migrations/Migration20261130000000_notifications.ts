@@ -335,7 +335,42 @@ export class Migration20261130000000_notifications extends Migration {
     // has read the message, the recipient's preferences, and whether the tenant opted into previews. With p_pmid, first takes the advisory lock
     // of that provider message id (the writers of one provider message id serialise on it) and includes
     // the reports already stored for it.
-    this.addSql(`
+    this.addSql(DISPATCH_LOAD_SQL);
+
+    this.addSql(SEND_MESSAGE_WITH_NOTIFICATIONS_SQL);
+  }
+
+  override down(): void {
+    this.addSql('drop function comms_send_message');
+    this.addSql(SEND_MESSAGE_WITH_EVENTS_SQL.replace('create or replace function', 'create function'));
+    this.addSql(
+      'drop function comms_dispatch_load, comms_notify, comms_create_intents, comms_enqueue_dispatch, comms_uuid_v7',
+    );
+    this.addSql('drop table sandbox_behavior, sandbox_message, dispatch_record, notification_intent');
+    this.addSql('drop table notification_preference, notification_settings');
+    this.addSql('drop function comms_refuse_dispatch_record_change, comms_guard_notification_intent');
+  }
+}
+
+/**
+ * comms_send_message of migration 20261129060000, plus a MESSAGE_POSTED intent for every other
+ * participant, created with the message (a retry finds the earlier message and creates nothing), before
+ * the feed append, which stays the last thing the transaction does.
+ */
+const SEND_MESSAGE_WITH_NOTIFICATIONS_SQL = withText(
+  SEND_MESSAGE_WITH_EVENTS_SQL,
+  `         where tenant_id = p_tenant and thread_id = p_thread;
+`,
+  `        perform comms_create_intents(
+          p_tenant, 'message_posted', '', m.message_id::text,
+          array(select p.user_id from thread_participant p
+                 where p.tenant_id = p_tenant and p.thread_id = p_thread and p.user_id <> p_user),
+          p_thread, m.message_id, null, '', false, null, m.sent_at);
+`,
+);
+
+/** comms_dispatch_load (see its comment in `up`); migration 20261201000000 extends it for session kinds. */
+export const DISPATCH_LOAD_SQL = `
       create function comms_dispatch_load(p_tenant text, p_id uuid, p_provider text, p_pmid text) returns json
       language plpgsql as $$
       declare
@@ -389,36 +424,4 @@ export class Migration20261130000000_notifications extends Migration {
          order by s.tenant_id desc limit 1;
         return json_build_object('intent', row_to_json(i), 'records', v_records, 'member', v_member, 'read', v_read,
                                  'prefs', v_prefs, 'previews', coalesce(v_previews, false));
-      end $$`);
-
-    this.addSql(SEND_MESSAGE_WITH_NOTIFICATIONS_SQL);
-  }
-
-  override down(): void {
-    this.addSql('drop function comms_send_message');
-    this.addSql(SEND_MESSAGE_WITH_EVENTS_SQL.replace('create or replace function', 'create function'));
-    this.addSql(
-      'drop function comms_dispatch_load, comms_notify, comms_create_intents, comms_enqueue_dispatch, comms_uuid_v7',
-    );
-    this.addSql('drop table sandbox_behavior, sandbox_message, dispatch_record, notification_intent');
-    this.addSql('drop table notification_preference, notification_settings');
-    this.addSql('drop function comms_refuse_dispatch_record_change, comms_guard_notification_intent');
-  }
-}
-
-/**
- * comms_send_message of migration 20261129060000, plus a MESSAGE_POSTED intent for every other
- * participant, created with the message (a retry finds the earlier message and creates nothing), before
- * the feed append, which stays the last thing the transaction does.
- */
-const SEND_MESSAGE_WITH_NOTIFICATIONS_SQL = withText(
-  SEND_MESSAGE_WITH_EVENTS_SQL,
-  `         where tenant_id = p_tenant and thread_id = p_thread;
-`,
-  `        perform comms_create_intents(
-          p_tenant, 'message_posted', '', m.message_id::text,
-          array(select p.user_id from thread_participant p
-                 where p.tenant_id = p_tenant and p.thread_id = p_thread and p.user_id <> p_user),
-          p_thread, m.message_id, null, '', false, null, m.sent_at);
-`,
-);
+      end $$`;

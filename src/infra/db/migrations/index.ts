@@ -7,6 +7,7 @@ import { Migration20261129040000_write_functions } from './Migration202611290400
 import { Migration20261129050000_thread_fillfactor } from './Migration20261129050000_thread_fillfactor.js';
 import { Migration20261129060000_feed } from './Migration20261129060000_feed.js';
 import { Migration20261130000000_notifications } from './Migration20261130000000_notifications.js';
+import { Migration20261201000000_sessions } from './Migration20261201000000_sessions.js';
 
 /** Every migration, in order. Committed; applied at start by `migrate()`, never `schema:update`. */
 export const migrationsList: MigrationObject[] = [
@@ -18,4 +19,5 @@ export const migrationsList: MigrationObject[] = [
   { name: 'Migration20261129050000_thread_fillfactor', class: Migration20261129050000_thread_fillfactor },
   { name: 'Migration20261129060000_feed', class: Migration20261129060000_feed },
   { name: 'Migration20261130000000_notifications', class: Migration20261130000000_notifications },
+  { name: 'Migration20261201000000_sessions', class: Migration20261201000000_sessions },
 ];
