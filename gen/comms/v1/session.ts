@@ -525,9 +525,17 @@ export interface SessionEvent {
    */
   actorUserId: string;
   /**
-   * The server's UPPER_SNAKE reason code, e.g. `REQUESTED`, `WAITING_ROOM_OPENED`,
-   * `FIRST_PARTICIPANT_ADMITTED`, `NO_SHOW`, `MAX_DURATION_REACHED`, `LAST_PROVIDER_LEFT`,
-   * `WAITING_TIMED_OUT`, `REJOINED_WITHIN_GRACE`, or a rejection reason of RequestTransition.
+   * The server's UPPER_SNAKE reason code:
+   * - CREATED: `CREATED` (to SCHEDULED) or `CREATED_OPEN` (the waiting room was open already).
+   * - TRANSITIONED on a suggestion: `OPENED_BY_<ROLE>`, `ENDED_BY_<ROLE>`, `CANCELLED_BY_<ROLE>`, where
+   *   ROLE is PROVIDER (a provider of the session), STAFF or SERVICE.
+   * - TRANSITIONED by the server: `WAITING_ROOM_OPENED`, `PROVIDER_JOINED`, `FIRST_PARTICIPANT_ADMITTED`,
+   *   `NO_SHOW`, `MAX_DURATION_REACHED`, `LAST_PROVIDER_LEFT`.
+   * - TRANSITION_REJECTED: the rejection reason of RequestTransition.
+   * - Participant events: `INVITED`; `JOINED_WAITING`, `JOINED_ADMITTED` or `REJOINED_WITHIN_GRACE`;
+   *   `ADMITTED`; `DENIED`; `REMOVED`; `LEFT`, `CALLER_LEFT_ONLY` (a participant's END) or
+   *   `SESSION_CLOSED`; `WAITING_TIMED_OUT` or `SESSION_CLOSED` (EXPIRED).
+   * - RESCHEDULED: `RESCHEDULED`.
    */
   reasonCode: string;
   /** The actor's free-text reason, as given (up to 1000 characters); empty when none was given. */

@@ -313,7 +313,7 @@ export class SessionService {
         opens = new Date(opens.getTime() + start.getTime() - s.scheduledStartAt.getTime());
       }
       const check = new Violations();
-      checkSchedule(check, start, end, opens, c.now, 'session.');
+      checkSchedule(check, start, end, opens, c.now, { prefix: 'session.', endChanged: paths.has('scheduled_end_at') });
       check.throwIfAny();
       const newThread = paths.has('thread_id') ? threadId : s.threadId;
       if (newThread && newThread !== s.threadId) await this.#requireThread(actor, em, newThread);
@@ -327,7 +327,8 @@ export class SessionService {
       s.scheduledEndAt = end;
       s.waitingRoomOpensAt = opens;
       s.threadId = newThread;
-      if (s.expiresAt) s.expiresAt = expiry(start, c.now, c.settings.noShowMs);
+      // The no-show window moves with the start (a later edit of the end or the link leaves it alone).
+      if (s.expiresAt && paths.has('scheduled_start_at')) s.expiresAt = expiry(start, c.now, c.settings.noShowMs);
       if (s.state === 'in_progress' && s.startedAt) {
         const byDuration = s.startedAt.getTime() + c.settings.maxDurationMs;
         const byEnd = Math.max(end.getTime(), c.now.getTime()) + c.settings.overrunMs;
@@ -797,15 +798,19 @@ function expiry(start: Date, now: Date, noShowMs: number): Date {
   return new Date(Math.max(start.getTime(), now.getTime()) + noShowMs);
 }
 
-/** Validates a schedule: both ends set, end after start and in the future, at most 8 hours, opening ≤ start. */
+/**
+ * Validates a schedule: both ends set, end after start and at most 8 hours after it, opening not after the
+ * start, and a new end in the future (an untouched end of a running visit may have passed).
+ */
 function checkSchedule(
   v: Violations,
   start: Date | undefined,
   end: Date | undefined,
   opens: Date | undefined,
   now: Date,
-  prefix = '',
+  opts: { prefix?: string; endChanged?: boolean } = {},
 ): void {
+  const prefix = opts.prefix ?? '';
   if (!start) v.add(`${prefix}scheduled_start_at`, 'is required');
   if (!end) v.add(`${prefix}scheduled_end_at`, 'is required');
   if (start && end) {
@@ -814,7 +819,9 @@ function checkSchedule(
       v.add(`${prefix}scheduled_end_at`, 'must be at most 8 hours after scheduled_start_at');
     }
   }
-  if (end && end.getTime() <= now.getTime()) v.add(`${prefix}scheduled_end_at`, 'must be in the future');
+  if (end && (opts.endChanged ?? true) && end.getTime() <= now.getTime()) {
+    v.add(`${prefix}scheduled_end_at`, 'must be in the future');
+  }
   if (start && opens && opens.getTime() > start.getTime()) {
     v.add(`${prefix}waiting_room_opens_at`, 'must not be after scheduled_start_at');
   }
