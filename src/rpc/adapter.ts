@@ -13,7 +13,7 @@ import { DeadlineExceeded } from '../domain/errors.js';
 import { SlowConsumer } from '../domain/feed/feed.errors.js';
 import type { Authenticator } from '../infra/auth/authenticator.js';
 import type { Logger } from '../infra/log/logger.js';
-import { errorStatus, toStatus } from './errors.js';
+import { toStatus } from './errors.js';
 
 /** Everything a handler gets besides its request. */
 export interface CallContext {
@@ -136,18 +136,6 @@ export class RpcAdapter {
     const entry = { method, code, ms: Math.round(ms), sent, requestId };
     if (err) this.deps.log.error({ ...entry, err }, 'stream failed');
     else this.deps.log.debug(entry, 'stream ended');
-  }
-
-  /** A handler for an RPC whose aggregate is built in a later issue. */
-  unimplemented(method: string, issue: number): UntypedHandleCall {
-    return (_call: ServerUnaryCall<unknown, unknown>, callback: sendUnaryData<unknown>) => {
-      callback(
-        errorStatus(status.UNIMPLEMENTED, `${method} is not implemented yet (issue ${issue})`, 'NOT_IMPLEMENTED_YET', {
-          method,
-          issue: String(issue),
-        }),
-      );
-    };
   }
 
   async #run<Req, Res>(

@@ -33,14 +33,14 @@ import { threadHandlers } from './thread.handlers.js';
 /** The descriptor set `npm run generate` writes with `buf build`; server reflection serves it. */
 export const DESCRIPTOR_SET_PATH = path.resolve(import.meta.dirname, '../../../gen/comms.binpb');
 
-/** Every comms.v1 service, with the issue that implements it when it is not built yet. */
+/** Every comms.v1 service. */
 const SERVICES = [
-  { name: 'comms.v1.ThreadService', definition: ThreadServiceService, issue: undefined },
-  { name: 'comms.v1.MessageService', definition: MessageServiceService, issue: undefined },
-  { name: 'comms.v1.ReadReceiptService', definition: ReadReceiptServiceService, issue: undefined },
-  { name: 'comms.v1.FeedService', definition: FeedServiceService, issue: undefined },
-  { name: 'comms.v1.NotificationService', definition: NotificationServiceService, issue: undefined },
-  { name: 'comms.v1.VirtualSessionService', definition: VirtualSessionServiceService, issue: undefined },
+  { name: 'comms.v1.ThreadService', definition: ThreadServiceService },
+  { name: 'comms.v1.MessageService', definition: MessageServiceService },
+  { name: 'comms.v1.ReadReceiptService', definition: ReadReceiptServiceService },
+  { name: 'comms.v1.FeedService', definition: FeedServiceService },
+  { name: 'comms.v1.NotificationService', definition: NotificationServiceService },
+  { name: 'comms.v1.VirtualSessionService', definition: VirtualSessionServiceService },
 ] as const;
 
 export const SERVICE_NAMES: readonly string[] = SERVICES.map((s) => s.name);
@@ -74,7 +74,7 @@ export interface Domain {
   readonly feedHeartbeatMs: number;
 }
 
-/** Adds every comms.v1 service to `server`; services of later issues answer UNIMPLEMENTED. */
+/** Adds every comms.v1 service to `server`. */
 export function addServices(server: Server, adapter: RpcAdapter, domain: Domain): void {
   const implemented: Record<string, Record<string, UnaryHandler<never, unknown> | StreamHandler<never, unknown>>> = {
     'comms.v1.ThreadService': threadHandlers(domain.threads),
@@ -86,12 +86,13 @@ export function addServices(server: Server, adapter: RpcAdapter, domain: Domain)
     'comms.v1.NotificationService': notificationHandlers(domain.notifications),
     'comms.v1.VirtualSessionService': sessionHandlers(domain.sessions),
   } as Record<string, Record<string, UnaryHandler<never, unknown> | StreamHandler<never, unknown>>>;
-  for (const { name, definition, issue } of SERVICES) {
+  for (const { name, definition } of SERVICES) {
     const impl: UntypedServiceImplementation = {};
     for (const [method, def] of Object.entries(definition as ServiceDefinition)) {
       const handler = implemented[name]?.[method];
-      if (!handler || issue !== undefined) impl[method] = adapter.unimplemented(def.path, issue ?? 0);
-      else if (def.responseStream) {
+      // Every method of the contract is served: a missing handler is a bug, caught at start.
+      if (!handler) throw new Error(`no handler for ${def.path}`);
+      if (def.responseStream) {
         // Every streaming response of comms.v1 carries a resume_token.
         impl[method] = adapter.serverStream(
           def.path,

@@ -257,7 +257,7 @@ describe('server: authentication', () => {
   });
 });
 
-describe('server: errors and unimplemented services', () => {
+describe('server: errors', () => {
   let client: ThreadServiceClient;
   let user: TestUser;
   before(async () => {
