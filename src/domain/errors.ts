@@ -33,6 +33,16 @@ export class DomainError extends Error {
   }
 }
 
+/**
+ * The caller's etag (AIP-154) is stale: someone changed the resource since the caller read it. `what`
+ * names the resource in the message; `key` is its id field; the current etag is in the metadata.
+ */
+export class EtagMismatch extends DomainError {
+  constructor(what: string, key: Readonly<Record<string, string>>, currentEtag: string) {
+    super('aborted', 'ETAG_MISMATCH', `${what} has changed; read it again`, { ...key, current_etag: currentEtag });
+  }
+}
+
 /** Bad input: the request is refused as a whole and nothing is changed. */
 export class InvalidArgument extends DomainError {
   constructor(readonly violations: readonly FieldViolation[]) {

@@ -31,13 +31,3 @@ export class UnknownProvider extends DomainError {
     super('invalid_argument', 'UNKNOWN_PROVIDER', `provider: no channel provider named "${provider}"`, { provider });
   }
 }
-
-/** The caller's preferences etag is stale. */
-export class PreferencesEtagMismatch extends DomainError {
-  constructor(userId: string, currentEtag: string) {
-    super('aborted', 'ETAG_MISMATCH', `the notification preferences of ${userId} have changed; read them again`, {
-      user_id: userId,
-      current_etag: currentEtag,
-    });
-  }
-}

@@ -2,20 +2,14 @@ import type { Actor } from '../actor.js';
 import { hasRole } from '../actor.js';
 import type { Clock } from '../clock.js';
 import { boundByDeadline, type Db } from '../db.js';
-import { Violations } from '../errors.js';
+import { EtagMismatch, Violations } from '../errors.js';
 import { newId } from '../ids.js';
 import { MessageNotFound } from '../message/message.errors.js';
 import { decodePositionToken, encodePositionToken } from '../page-token.js';
 import { SessionNotFound } from '../session/session.errors.js';
 import { ThreadNotFound } from '../thread/thread.errors.js';
 import { checkText, checkUserId, checkUuid, pageSize } from '../validation.js';
-import {
-  PreferencesEtagMismatch,
-  NotificationNotFound,
-  RoleNotAllowed,
-  UnknownProvider,
-  UnknownTemplate,
-} from './notification.errors.js';
+import { NotificationNotFound, RoleNotAllowed, UnknownProvider, UnknownTemplate } from './notification.errors.js';
 import {
   attemptFailed,
   type AttemptView,
@@ -342,7 +336,8 @@ export class NotificationService {
       await em.execute('select pg_advisory_xact_lock(hashtextextended(?, 0))', [`prefs ${actor.tenantId} ${user}`]);
       const current = await repo.preferences(actor.tenantId, user, true);
       const currentEtag = preferencesEtag(current);
-      if (input.etag !== '' && input.etag !== currentEtag) throw new PreferencesEtagMismatch(user, currentEtag);
+      if (input.etag !== '' && input.etag !== currentEtag)
+        throw new EtagMismatch(`the notification preferences of ${user}`, { user_id: user }, currentEtag);
       const now = this.clock.now();
       await repo.savePreferences(
         actor.tenantId,

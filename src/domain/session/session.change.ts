@@ -176,6 +176,29 @@ export class SessionChange {
     });
   }
 
+  /** Adds a participant (INVITED, listed after everyone invited before) and records the invite. */
+  invite(userId: string, role: ParticipantRecord['role'], by: string): void {
+    this.view.participants.push({
+      userId,
+      role,
+      ordinal: Math.max(-1, ...this.view.participants.map((p) => p.ordinal)) + 1,
+      admitState: 'invited',
+      admitStateChangedAt: this.now,
+      admitStateChangedBy: by,
+      invitedBy: by,
+      invitedAt: this.now,
+      joinedAt: null,
+      admittedAt: null,
+      admittedBy: '',
+      leftAt: null,
+      waitingExpiresAt: null,
+      rejoinExpiresAt: null,
+    });
+    this.touched.add(userId);
+    this.#changed = true;
+    this.record('invited', { subjectUserId: userId, toAdmitState: 'invited', actorUserId: by, reasonCode: 'INVITED' });
+  }
+
   /** A waiting entry expires (nobody admitted it in time, or the session closed); the person is told. */
   expireWaiting(p: ParticipantRecord, reasonCode: string): void {
     const event = this.setAdmit(p, 'expired', { kind: 'expired', reasonCode, by: '' });

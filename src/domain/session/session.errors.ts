@@ -36,16 +36,6 @@ export function sessionClosed(sessionId: string, state: string): SessionPrecondi
   });
 }
 
-/** The caller's etag is stale: someone changed the session since the caller read it. */
-export class SessionEtagMismatch extends DomainError {
-  constructor(sessionId: string, currentEtag: string) {
-    super('aborted', 'ETAG_MISMATCH', `session ${sessionId} has changed; read it again`, {
-      session_id: sessionId,
-      current_etag: currentEtag,
-    });
-  }
-}
-
 /** The user does not take part in the session. */
 export class SessionParticipantNotFound extends DomainError {
   constructor(sessionId: string, userId: string) {

@@ -4,7 +4,7 @@ import type { Actor } from '../actor.js';
 import { governsTenant } from '../actor.js';
 import type { Clock } from '../clock.js';
 import { boundByDeadline, type Db } from '../db.js';
-import { PermissionDenied, Violations } from '../errors.js';
+import { DomainError, EtagMismatch, PermissionDenied, Violations } from '../errors.js';
 import { FeedRepository, type NewFeedEvent, streams } from '../feed/feed.repository.js';
 import { newId } from '../ids.js';
 import { NotificationRepository } from '../notification/notification.repository.js';
@@ -18,7 +18,6 @@ import { governingRole, SessionChange } from './session.change.js';
 import {
   NotAParticipant,
   participantPrecondition,
-  SessionEtagMismatch,
   SessionNotFound,
   SessionParticipantNotFound,
   SessionPreconditionFailed,
@@ -179,28 +178,11 @@ export class SessionService {
         endedAt: null,
         version: 1,
       },
-      participants: specs.map((spec, ordinal) => ({
-        userId: spec.userId,
-        role: spec.role!,
-        ordinal,
-        admitState: 'invited',
-        admitStateChangedAt: now,
-        admitStateChangedBy: actor.userId,
-        invitedBy: actor.userId,
-        invitedAt: now,
-        joinedAt: null,
-        admittedAt: null,
-        admittedBy: '',
-        leftAt: null,
-        waitingExpiresAt: null,
-        rejoinExpiresAt: null,
-      })),
+      participants: [],
     };
     const c = new SessionChange(view, settings, actor, now);
     c.record('created', { fromState: null, reasonCode: view.session.stateReason });
-    for (const p of view.participants) {
-      c.record('invited', { subjectUserId: p.userId, toAdmitState: 'invited', reasonCode: 'INVITED' });
-    }
+    for (const spec of specs) c.invite(spec.userId, spec.role!, actor.userId);
     const created = await db.em.transactional(async (em) => {
       await boundByDeadline(em, db);
       return this.#write(em, c, { isNew: true });
@@ -293,7 +275,8 @@ export class SessionService {
       !paths.has('thread_id') || input.threadId === '' ? null : checkUuid(v, 'session.thread_id', input.threadId);
     const { view } = await this.#mutate(actor, db, sessionId, v, async (c, access, em) => {
       const s = c.session;
-      if (input.etag !== sessionEtag(s)) throw new SessionEtagMismatch(s.sessionId, sessionEtag(s));
+      if (input.etag !== sessionEtag(s))
+        throw new EtagMismatch(`session ${s.sessionId}`, { session_id: s.sessionId }, sessionEtag(s));
       if (!access.governs) throw new SessionRoleNotAllowed(s.sessionId, 'update');
       if (CLOSED_STATES.has(s.state)) throw sessionClosed(s.sessionId, s.state);
       if (s.state !== 'scheduled' && [...paths].some((p) => SCHEDULE_ONLY.has(p))) {
@@ -404,25 +387,7 @@ export class SessionService {
           { session_id: s.sessionId, max_participants: String(SESSION_LIMITS.maxParticipants) },
         );
       }
-      c.view.participants.push({
-        userId: spec.userId,
-        role: spec.role!,
-        ordinal: Math.max(-1, ...c.view.participants.map((x) => x.ordinal)) + 1,
-        admitState: 'invited',
-        admitStateChangedAt: c.now,
-        admitStateChangedBy: actor.userId,
-        invitedBy: actor.userId,
-        invitedAt: c.now,
-        joinedAt: null,
-        admittedAt: null,
-        admittedBy: '',
-        leftAt: null,
-        waitingExpiresAt: null,
-        rejoinExpiresAt: null,
-      });
-      c.touched.add(spec.userId);
-      c.touch();
-      c.record('invited', { subjectUserId: spec.userId, toAdmitState: 'invited', reasonCode: 'INVITED' });
+      c.invite(spec.userId, spec.role!, actor.userId);
     });
   }
 
@@ -665,7 +630,7 @@ export class SessionService {
   ): Promise<{ view: SessionView; result: R }> {
     const id = checkUuid(v, 'session_id', sessionId);
     v.throwIfAny();
-    const { c, result, due } = await db.em.transactional(async (em) => {
+    const { c, result, due, refused } = await db.em.transactional(async (em) => {
       await boundByDeadline(em, db);
       const repo = new SessionRepository(em);
       const view = await repo.load(actor.tenantId, id, true);
@@ -677,13 +642,21 @@ export class SessionService {
       due.applyDue();
       due.settle();
       if (due.changed) await this.#write(em, due, { isNew: false });
-      const result = await work(c, access, em);
-      await this.#write(em, c, { isNew: false });
-      return { c, result, due };
+      try {
+        const result = await work(c, access, em);
+        await this.#write(em, c, { isNew: false });
+        return { c, result, due, refused: undefined };
+      } catch (err) {
+        // A refusal (often caused by what was due: the session expired, the wait timed out) keeps what
+        // the clock did: commit that, then answer with the refusal. `work` writes nothing itself.
+        if (due.changed && err instanceof DomainError) return { c, result: undefined, due, refused: err };
+        throw err;
+      }
     });
     await this.#afterCommit(due);
+    if (refused) throw refused;
     await this.#afterCommit(c);
-    return { view: c.view, result };
+    return { view: c.view, result: result as R };
   }
 
   /**

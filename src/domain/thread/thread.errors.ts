@@ -14,16 +14,6 @@ export class ThreadArchived extends DomainError {
   }
 }
 
-/** The caller's etag is stale: someone changed the thread since the caller read it. */
-export class ThreadEtagMismatch extends DomainError {
-  constructor(threadId: string, currentEtag: string) {
-    super('aborted', 'ETAG_MISMATCH', `thread ${threadId} has changed; read it again`, {
-      thread_id: threadId,
-      current_etag: currentEtag,
-    });
-  }
-}
-
 /** The caller may see the thread but not do this to it. */
 export class ThreadPermissionDenied extends PermissionDenied {
   constructor(threadId: string, action: string) {

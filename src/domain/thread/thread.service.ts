@@ -4,7 +4,7 @@ import { boundByDeadline, type Db } from '../db.js';
 import type { Clock } from '../clock.js';
 import { newId } from '../ids.js';
 import { decodePositionToken, encodePositionToken } from '../page-token.js';
-import { Violations } from '../errors.js';
+import { EtagMismatch, Violations } from '../errors.js';
 import { checkRequestId, checkUserId, checkUuid, pageSize } from '../validation.js';
 import {
   type EscalationLevel,
@@ -18,7 +18,6 @@ import {
   ParticipantChangeRefused,
   ParticipantNotFound,
   ThreadArchived,
-  ThreadEtagMismatch,
   ThreadNotFound,
   ThreadPermissionDenied,
 } from './thread.errors.js';
@@ -333,7 +332,7 @@ export class ThreadService {
       const allowed = view && threadPermissions(actor, view.participants);
       if (!view || !allowed?.see) throw new ThreadNotFound(id);
       if (etag !== '' && etag !== threadEtag(view.thread)) {
-        throw new ThreadEtagMismatch(id, threadEtag(view.thread));
+        throw new EtagMismatch(`thread ${id}`, { thread_id: id }, threadEtag(view.thread));
       }
       if (!allowed[permission]) throw new ThreadPermissionDenied(id, action);
       const now = this.clock.now();
