@@ -125,6 +125,61 @@ describe('server: reflection (what grpcurl uses)', () => {
     }
   });
 
+  it('lists VirtualSessionService’s methods and creates and reads a session with nothing but reflection', async () => {
+    const reflection = new GrpcReflection(env.address, credentials.createInsecure());
+    const methods = (await reflection.listMethods('comms.v1.VirtualSessionService')).map((m) => m.name);
+    expect(methods).to.have.members([
+      'CreateSession',
+      'GetSession',
+      'ListSessions',
+      'UpdateSession',
+      'RequestTransition',
+      'InviteParticipant',
+      'JoinSession',
+      'LeaveSession',
+      'AdmitParticipant',
+      'DenyParticipant',
+      'RemoveSessionParticipant',
+      'ListSessionEvents',
+    ]);
+    const descriptor = await reflection.getDescriptorBySymbol('comms.v1.VirtualSessionService');
+    const pkg = descriptor.getPackageObject({ keepCase: true, enums: String, defaults: true, longs: String });
+    const Ctor = ((pkg.comms as GrpcObject).v1 as GrpcObject).VirtualSessionService as ServiceClientConstructor;
+    type Callback = (err: Error | null, res: Record<string, unknown>) => void;
+    type DynamicUnary = (req: object, md: Metadata, cb: Callback) => void;
+    const client = new Ctor(env.address, credentials.createInsecure()) as unknown as Client &
+      Record<string, DynamicUnary>;
+    const user = await newUser(newTenant(), 'provider');
+    const unary = (method: string, req: object) =>
+      new Promise<Record<string, unknown>>((resolve, reject) =>
+        client[method]!(req, user.md, (err, res) => (err ? reject(err) : resolve(res))),
+      );
+    const seconds = (offsetMs: number) => ({ seconds: String(Math.floor((Date.now() + offsetMs) / 1000)) });
+    try {
+      // The JSON a grpcurl user would type: field and enum names as in the proto, timestamps as messages.
+      const created = await unary('CreateSession', {
+        scheduled_start_at: seconds(2 * 3_600_000),
+        scheduled_end_at: seconds(2.5 * 3_600_000),
+        participants: [{ user_id: 'patient-1', role: 'PARTICIPANT_ROLE_PATIENT' }],
+        request_id: 'via-reflection',
+      });
+      const session = created.session as Record<string, unknown>;
+      expect(session.state).to.equal('SESSION_STATE_SCHEDULED');
+      expect(session.state_reason).to.equal('CREATED');
+      const got = (await unary('GetSession', { session_id: session.session_id })).session as Record<string, unknown>;
+      expect(got.session_id).to.equal(session.session_id);
+      expect(got.etag).to.equal('"1"');
+      expect(
+        (got.participants as Record<string, unknown>[]).map((p) => [p.user_id, p.role, p.admit_state]),
+      ).to.deep.equal([
+        [user.userId, 'PARTICIPANT_ROLE_PROVIDER', 'ADMIT_STATE_INVITED'],
+        ['patient-1', 'PARTICIPANT_ROLE_PATIENT', 'ADMIT_STATE_INVITED'],
+      ]);
+    } finally {
+      client.close();
+    }
+  });
+
   it('streams WatchThread to a client built from reflection alone, as grpcurl would', async () => {
     const reflection = new GrpcReflection(env.address, credentials.createInsecure());
     const descriptor = await reflection.getDescriptorBySymbol('comms.v1.FeedService');

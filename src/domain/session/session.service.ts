@@ -183,11 +183,18 @@ export class SessionService {
     const c = new SessionChange(view, settings, actor, now);
     c.record('created', { fromState: null, reasonCode: view.session.stateReason });
     for (const spec of specs) c.invite(spec.userId, spec.role!, actor.userId);
-    const created = await db.em.transactional(async (em) => {
-      await boundByDeadline(em, db);
-      return this.#write(em, c, { isNew: true });
-    });
+    const created = await db.em
+      .transactional(async (em) => {
+        await boundByDeadline(em, db);
+        return this.#write(em, c, { isNew: true });
+      })
+      .catch((err: unknown) => {
+        void this.#closeOrphanRoom(view);
+        throw err;
+      });
     if (created) return view;
+    // The room this call opened belongs to no session.
+    await this.#closeOrphanRoom(view);
     // A concurrent retry with the same request id committed first: answer with its session.
     const winner = await new SessionRepository(db.em.fork()).findByCreateRequest(
       actor.tenantId,
@@ -275,9 +282,9 @@ export class SessionService {
       !paths.has('thread_id') || input.threadId === '' ? null : checkUuid(v, 'session.thread_id', input.threadId);
     const { view } = await this.#mutate(actor, db, sessionId, v, async (c, access, em) => {
       const s = c.session;
+      if (!access.governs) throw new SessionRoleNotAllowed(s.sessionId, 'update');
       if (input.etag !== sessionEtag(s))
         throw new EtagMismatch(`session ${s.sessionId}`, { session_id: s.sessionId }, sessionEtag(s));
-      if (!access.governs) throw new SessionRoleNotAllowed(s.sessionId, 'update');
       if (CLOSED_STATES.has(s.state)) throw sessionClosed(s.sessionId, s.state);
       if (s.state !== 'scheduled' && [...paths].some((p) => SCHEDULE_ONLY.has(p))) {
         throw new SessionPreconditionFailed(
@@ -716,6 +723,16 @@ export class SessionService {
       else if (c.revoked.size > 0) await this.rooms.revoke(s.tenantId, s.providerRoomId, [...c.revoked], c.now);
     } catch (err) {
       this.onRoomError(err, c.closed ? 'close room' : 'revoke room access');
+    }
+  }
+
+  /** Closes the room of a session that was not stored (a lost create race, a failed insert). */
+  async #closeOrphanRoom(view: SessionView): Promise<void> {
+    const s = view.session;
+    try {
+      await this.rooms.closeRoom(s.tenantId, s.providerRoomId, this.clock.now());
+    } catch (err) {
+      this.onRoomError(err, 'close an unused room');
     }
   }
 
