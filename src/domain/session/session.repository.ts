@@ -163,11 +163,23 @@ function viewFromRow(row: Record<string, unknown>): SessionView {
 export class SessionRepository {
   constructor(private readonly em: EntityManager) {}
 
-  /** A session with its participants; with `lock`, locks the session row until commit (FOR UPDATE). */
+  /**
+   * A session with its participants; with `lock`, first locks the session row until commit. The lock is
+   * its own statement: a `FOR UPDATE` that waits for another command re-reads only the locked row, while
+   * a participants subquery of the same statement would still see the snapshot from before the wait. The
+   * read that follows is a new statement, so it sees everything the previous holder committed.
+   */
   async load(tenantId: string, sessionId: string, lock = false): Promise<SessionView | undefined> {
+    if (lock) {
+      const locked: unknown[] = await this.em.execute(
+        'select 1 from virtual_session where tenant_id = ? and session_id = ? for update',
+        [tenantId, sessionId],
+      );
+      if (locked.length === 0) return undefined;
+    }
     const rows: Record<string, unknown>[] = await this.em.execute(
       `select to_jsonb(v) as session, ${PARTICIPANTS_JSON} as participants
-         from virtual_session v where v.tenant_id = ? and v.session_id = ?${lock ? ' for update of v' : ''}`,
+         from virtual_session v where v.tenant_id = ? and v.session_id = ?`,
       [tenantId, sessionId],
     );
     return rows[0] && viewFromRow(rows[0]);
