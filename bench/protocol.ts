@@ -1,6 +1,7 @@
 import { type Client, Metadata, type ServiceError, status } from '@grpc/grpc-js';
 import { MessageServiceService } from '../gen/comms/v1/message.js';
 import { ReadReceiptServiceService } from '../gen/comms/v1/read_receipt.js';
+import { VirtualSessionServiceService } from '../gen/comms/v1/session.js';
 import { call as unaryCall, type UnaryMethod } from '../test/support/unary.js';
 
 /**
@@ -9,7 +10,7 @@ import { call as unaryCall, type UnaryMethod } from '../test/support/unary.js';
  */
 
 /** The kinds of call a worker makes; each maps to one unary method and one request builder. */
-export type CallKind = 'baseline' | 'send' | 'replay' | 'markRead' | 'list';
+export type CallKind = 'baseline' | 'send' | 'replay' | 'markRead' | 'list' | 'join';
 
 /** The method path of the raw baseline: SendMessage's messages, registered under another service. */
 export const BASELINE_PATH = '/bench.Baseline/Insert';
@@ -21,6 +22,7 @@ export const METHODS = {
   replay: MessageServiceService.sendMessage,
   markRead: ReadReceiptServiceService.markRead,
   list: MessageServiceService.listMessages,
+  join: VirtualSessionServiceService.joinSession,
 } as const;
 
 /** One send to repeat in the replay scenario, with the id the first send got. */
@@ -33,7 +35,7 @@ export interface Replay {
 
 /**
  * One in-flight call slot: a loop that issues its next call as soon as the previous one answers. Call i
- * of a slot uses `threads[(start + i * stride) % threads.length]` (send, baseline, list), message window
+ * of a slot uses `threads[(start + i * stride) % threads.length]` (send, baseline, list; join: sessions), message window
  * `(start + i) % windows` of `messageSets[messageSet]` (markRead), or `replays[i % replays.length]`.
  */
 export interface SlotPlan {

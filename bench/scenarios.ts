@@ -10,6 +10,7 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import { credentials } from '@grpc/grpc-js';
 import { MessageServiceClient } from '../gen/comms/v1/message.js';
+import { AdmitState, VirtualSessionServiceClient } from '../gen/comms/v1/session.js';
 import { ParticipantRole, ThreadServiceClient } from '../gen/comms/v1/thread.js';
 import type { Role } from '../src/domain/actor.js';
 import { signDevToken } from '../src/infra/auth/dev-token.js';
@@ -41,6 +42,8 @@ export const SCENARIOS = {
   'send-replay': 'SendMessage retries: replays of already-sent messages (same key, thread and body)',
   'markread-50': 'MarkRead of 50 message ids, read_at = now, by a participant',
   'list-50': 'ListMessages, page of 50, BACKWARD (newest page) on a seeded thread',
+  'session-join':
+    'JoinSession by a provider already in the room: a fresh join credential (session row lock, clock check, signing)',
 } as const;
 
 export type ScenarioName = keyof typeof SCENARIOS;
@@ -114,6 +117,7 @@ export class Scene {
   readonly workerOfSlot: readonly number[];
   #threadClient: ThreadServiceClient;
   #messageClient: MessageServiceClient;
+  #sessionClient: VirtualSessionServiceClient;
   #provider!: User;
   #senders!: User[];
   #readers!: User[];
@@ -121,6 +125,8 @@ export class Scene {
   #hotThread?: Promise<string>;
   #readThreads?: Promise<{ threadIds: string[]; messageIds: string[][] }>;
   #replays?: Promise<Replay[][]>;
+  #hosts!: User[];
+  #sessions?: Promise<string[]>;
   readonly #baselineThreads = Array.from({ length: 256 }, () => randomUUID());
 
   private constructor(
@@ -133,6 +139,7 @@ export class Scene {
     const address = serviceAddress ?? '127.0.0.1:1';
     this.#threadClient = new ThreadServiceClient(address, credentials.createInsecure());
     this.#messageClient = new MessageServiceClient(address, credentials.createInsecure());
+    this.#sessionClient = new VirtualSessionServiceClient(address, credentials.createInsecure());
   }
 
   static async create(config: BenchConfig, serviceAddress: string | undefined): Promise<Scene> {
@@ -141,6 +148,9 @@ export class Scene {
     scene.#provider = await scene.#user('bench-provider', 'provider');
     scene.#senders = await Promise.all(
       Array.from({ length: processes }, (_, w) => scene.#user(`bench-sender-${w}`, 'patient')),
+    );
+    scene.#hosts = await Promise.all(
+      Array.from({ length: processes }, (_, w) => scene.#user(`bench-host-${w}`, 'provider')),
     );
     scene.#readers = await Promise.all(
       Array.from({ length: config.concurrency }, (_, g) => scene.#user(`bench-reader-${g}`, 'patient')),
@@ -151,6 +161,7 @@ export class Scene {
   close(): void {
     this.#threadClient.close();
     this.#messageClient.close();
+    this.#sessionClient.close();
   }
 
   #user(userId: string, role: Role): Promise<User> {
@@ -212,6 +223,63 @@ export class Scene {
       });
       const messageIds = threadIds.map((_, r) => ids.slice(r * n, (r + 1) * n));
       return { threadIds, messageIds };
+    })());
+  }
+
+  /**
+   * `config.threads` open sessions (starting now, one hour long), every worker's host a PROVIDER of each,
+   * and each host already in each room (its first JoinSession), so the measured joins refresh credentials.
+   */
+  sessions(): Promise<string[]> {
+    return (this.#sessions ??= (async () => {
+      const now = Date.now();
+      const ids = await mapLimit(
+        Array.from({ length: this.config.threads }, (_, i) => i),
+        SETUP_CONCURRENCY,
+        async () => {
+          try {
+            const res = await call(
+              this.#sessionClient,
+              this.#sessionClient.createSession,
+              {
+                threadId: '',
+                scheduledStartAt: new Date(now),
+                scheduledEndAt: new Date(now + 3_600_000),
+                waitingRoomOpensAt: undefined,
+                participants: this.#hosts.map((h) => ({
+                  userId: h.userId,
+                  role: ParticipantRole.PARTICIPANT_ROLE_PROVIDER,
+                  admitState: AdmitState.ADMIT_STATE_UNSPECIFIED,
+                  admitStateChangedAt: undefined,
+                  admitStateChangedBy: '',
+                  invitedBy: '',
+                  invitedAt: undefined,
+                  joinedAt: undefined,
+                  admittedAt: undefined,
+                  admittedBy: '',
+                  leftAt: undefined,
+                  waitingExpiresAt: undefined,
+                  rejoinExpiresAt: undefined,
+                })),
+                requestId: '',
+              },
+              bearer(this.#provider.token),
+            );
+            return res.session!.sessionId;
+          } catch (err) {
+            throw new SetupError(`CreateSession failed: ${describeError(err)}`);
+          }
+        },
+      );
+      const joins = ids.flatMap((sessionId) => this.#hosts.map((host) => ({ sessionId, host })));
+      await mapLimit(joins, SETUP_CONCURRENCY, async ({ sessionId, host }) => {
+        try {
+          await call(this.#sessionClient, this.#sessionClient.joinSession, { sessionId }, bearer(host.token));
+        } catch (err) {
+          throw new SetupError(`JoinSession failed: ${describeError(err)}`);
+        }
+      });
+      return ids;
     })());
   }
 
@@ -293,6 +361,14 @@ export class Scene {
           slots: each((g) => slot(g, this.#readers[g]!.token, { messageSet: Math.floor(g / READERS_PER_THREAD) })),
         };
       }
+      case 'session-join':
+        return {
+          kind: 'join',
+          target: 'service',
+          threads: await this.sessions(),
+          messageSets: [],
+          slots: each((g) => slot(g, this.#hosts[this.workerOfSlot[g]!]!.token)),
+        };
       case 'list-50': {
         const { threadIds } = await this.readThreads();
         return {

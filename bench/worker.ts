@@ -8,6 +8,7 @@ import { performance } from 'node:perf_hooks';
 import { Client, credentials, type Metadata, type ServiceError } from '@grpc/grpc-js';
 import { ListDirection, type ListMessagesResponse, type SendMessageResponse } from '../gen/comms/v1/message.js';
 import type { MarkReadResponse } from '../gen/comms/v1/read_receipt.js';
+import { AdmitState, type JoinSessionResponse } from '../gen/comms/v1/session.js';
 import {
   bearer,
   codeName,
@@ -77,6 +78,14 @@ function requestBuilder(task: WorkerTask, slot: SlotPlan, slotIndex: number): (i
         const w = (slot.start + i) % windows;
         return { req: { messageIds: ids.slice(w * batch, w * batch + batch), readAt: new Date() }, check };
       };
+    }
+    case 'join': {
+      const check = (res: unknown) => {
+        const r = res as JoinSessionResponse;
+        if (r.participant?.admitState !== AdmitState.ADMIT_STATE_ADMITTED) return 'the provider was not ADMITTED';
+        return r.credential?.token ? undefined : 'no join credential';
+      };
+      return (i) => ({ req: { sessionId: threadOf(i) }, check });
     }
     case 'list': {
       const check = (res: unknown) => {
