@@ -149,6 +149,10 @@ const PARTICIPANT_COLUMNS = [
 const PARTICIPANTS_JSON = `(select coalesce(jsonb_agg(to_jsonb(p) - 'tenant_id' - 'session_id' order by p.ordinal), '[]')
      from session_participant p where p.tenant_id = v.tenant_id and p.session_id = v.session_id)`;
 
+// The tenant's session settings (its own row, else the defaults of tenant ''), for a query over `virtual_session v`.
+const SETTINGS_JSON = `(select to_jsonb(s) - 'tenant_id' from session_settings s where s.tenant_id in (v.tenant_id, '')
+     order by s.tenant_id desc limit 1)`;
+
 function viewFromRow(row: Record<string, unknown>): SessionView {
   return {
     session: fromJson<SessionRecord>(row.session as Record<string, unknown>),
@@ -170,6 +174,24 @@ export class SessionRepository {
    * read that follows is a new statement, so it sees everything the previous holder committed.
    */
   async load(tenantId: string, sessionId: string, lock = false): Promise<SessionView | undefined> {
+    return (await this.#load(tenantId, sessionId, lock, false))?.view;
+  }
+
+  /** `load` with the tenant's session settings, read in the same statement (what a command needs). */
+  async loadForChange(
+    tenantId: string,
+    sessionId: string,
+  ): Promise<{ view: SessionView; settings: SessionSettings } | undefined> {
+    const loaded = await this.#load(tenantId, sessionId, true, true);
+    return loaded && { view: loaded.view, settings: loaded.settings! };
+  }
+
+  async #load(
+    tenantId: string,
+    sessionId: string,
+    lock: boolean,
+    withSettings: boolean,
+  ): Promise<{ view: SessionView; settings: SessionSettings | undefined } | undefined> {
     if (lock) {
       const locked: unknown[] = await this.em.execute(
         'select 1 from virtual_session where tenant_id = ? and session_id = ? for update',
@@ -178,11 +200,17 @@ export class SessionRepository {
       if (locked.length === 0) return undefined;
     }
     const rows: Record<string, unknown>[] = await this.em.execute(
-      `select to_jsonb(v) as session, ${PARTICIPANTS_JSON} as participants
+      `select to_jsonb(v) as session, ${PARTICIPANTS_JSON} as participants${withSettings ? `, ${SETTINGS_JSON} as settings` : ''}
          from virtual_session v where v.tenant_id = ? and v.session_id = ?`,
       [tenantId, sessionId],
     );
-    return rows[0] && viewFromRow(rows[0]);
+    const row = rows[0];
+    if (!row) return undefined;
+    if (withSettings && !row.settings) throw new Error('session_settings has no defaults row');
+    return {
+      view: viewFromRow(row),
+      settings: withSettings ? fromJson<SessionSettings>(row.settings as Record<string, unknown>) : undefined,
+    };
   }
 
   /** The session a caller created with this idempotency key, if any. */
@@ -198,8 +226,7 @@ export class SessionRepository {
   /** The tenant's session settings (its own row, else the defaults of tenant ''). */
   async settings(tenantId: string): Promise<SessionSettings> {
     const rows: { s: Record<string, unknown> }[] = await this.em.execute(
-      `select to_jsonb(s) - 'tenant_id' as s from session_settings s where s.tenant_id in (?, '')
-        order by s.tenant_id desc limit 1`,
+      `select ${SETTINGS_JSON.replaceAll('v.tenant_id', '?')} as s`,
       [tenantId],
     );
     if (!rows[0]) throw new Error('session_settings has no defaults row');

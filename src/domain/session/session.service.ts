@@ -534,10 +534,10 @@ export class SessionService {
    */
   async tick(db: Db, tenantId: string, sessionId: string, at?: Date): Promise<boolean> {
     const c = await db.em.transactional(async (em) => {
-      const repo = new SessionRepository(em);
-      const view = await repo.load(tenantId, sessionId, true);
-      if (!view) return false;
-      const c = new SessionChange(view, await repo.settings(tenantId), undefined, this.clock.now());
+      const loaded = await new SessionRepository(em).loadForChange(tenantId, sessionId);
+      if (!loaded) return undefined;
+      const { view } = loaded;
+      const c = new SessionChange(view, loaded.settings, undefined, this.clock.now());
       c.applyDue();
       c.settle();
       if (!c.changed) {
@@ -639,13 +639,12 @@ export class SessionService {
     v.throwIfAny();
     const { c, result, due, refused } = await db.em.transactional(async (em) => {
       await boundByDeadline(em, db);
-      const repo = new SessionRepository(em);
-      const view = await repo.load(actor.tenantId, id, true);
-      const access = view && sessionAccess(actor, view.participants);
-      if (!view || !access?.see) throw new SessionNotFound(id);
-      const c = new SessionChange(view, await repo.settings(actor.tenantId), actor, this.clock.now());
+      const loaded = await new SessionRepository(em).loadForChange(actor.tenantId, id);
+      const access = loaded && sessionAccess(actor, loaded.view.participants);
+      if (!loaded || !access?.see) throw new SessionNotFound(id);
+      const c = new SessionChange(loaded.view, loaded.settings, actor, this.clock.now());
       // What the clock made due first (a late timer job must not let a command act on a stale state).
-      const due = new SessionChange(view, c.settings, undefined, c.now);
+      const due = new SessionChange(c.view, c.settings, undefined, c.now);
       due.applyDue();
       due.settle();
       if (due.changed) await this.#write(em, due, { isNew: false });
