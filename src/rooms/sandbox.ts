@@ -12,6 +12,8 @@ interface Claims {
   readonly t: string;
   readonly r: string;
   readonly u: string;
+  /** The session version that admitted the user. */
+  readonly g: number;
   /** Issued at, epoch milliseconds. */
   readonly iat: number;
   readonly exp: number;
@@ -46,11 +48,12 @@ export class SandboxRoomProvider implements RoomProvider {
     return roomId;
   }
 
-  credential(tenantId: string, roomId: string, userId: string, now: Date): RoomCredential {
+  credential(tenantId: string, roomId: string, userId: string, generation: number, now: Date): RoomCredential {
     const claims: Claims = {
       t: tenantId,
       r: roomId,
       u: userId,
+      g: generation,
       iat: now.getTime(),
       exp: now.getTime() + this.ttlSeconds * 1000,
     };
@@ -58,14 +61,14 @@ export class SandboxRoomProvider implements RoomProvider {
     return { token: `${body}.${this.#sign(body)}`, expiresAt: new Date(claims.exp) };
   }
 
-  async revoke(tenantId: string, roomId: string, userIds: readonly string[], before: Date): Promise<void> {
+  async revoke(tenantId: string, roomId: string, userIds: readonly string[], generation: number): Promise<void> {
     if (userIds.length === 0) return;
     await this.orm.em.fork().execute(
-      `insert into sandbox_room_revocation as r (tenant_id, room_id, user_id, revoked_before)
-       select ?, ?, u, ?::timestamptz from unnest(?::text[]) as u
+      `insert into sandbox_room_revocation as r (tenant_id, room_id, user_id, revoked_generation)
+       select ?, ?, u, ? from unnest(?::text[]) as u
        on conflict (tenant_id, room_id, user_id) do update
-         set revoked_before = greatest(r.revoked_before, excluded.revoked_before)`,
-      [tenantId, roomId, before, pgArray(userIds)],
+         set revoked_generation = greatest(r.revoked_generation, excluded.revoked_generation)`,
+      [tenantId, roomId, generation, pgArray(userIds)],
     );
   }
 
@@ -89,15 +92,15 @@ export class SandboxRoomProvider implements RoomProvider {
     const claims = JSON.parse(Buffer.from(body, 'base64url').toString()) as Claims;
     if (now.getTime() >= claims.exp) return { ok: false, reason: 'EXPIRED' };
     const rows: Record<string, unknown>[] = await this.orm.em.fork().execute(
-      `select r.closed_at, v.revoked_before from sandbox_room r
+      `select r.closed_at, v.revoked_generation from sandbox_room r
          left join sandbox_room_revocation v on v.tenant_id = r.tenant_id and v.room_id = r.room_id and v.user_id = ?
         where r.tenant_id = ? and r.room_id = ?`,
       [claims.u, claims.t, claims.r],
     );
     const row = rows[0];
     if (!row || sqlDateOrNull(row.closed_at)) return { ok: false, reason: 'ROOM_CLOSED' };
-    const revokedBefore = sqlDateOrNull(row.revoked_before);
-    if (revokedBefore && claims.iat <= revokedBefore.getTime()) return { ok: false, reason: 'REVOKED' };
+    const revoked = row.revoked_generation === null ? undefined : Number(row.revoked_generation);
+    if (revoked !== undefined && claims.g < revoked) return { ok: false, reason: 'REVOKED' };
     return { ok: true, tenantId: claims.t, roomId: claims.r, userId: claims.u };
   }
 

@@ -319,7 +319,8 @@ export class SessionService {
       s.threadId = newThread;
       // The no-show window moves with the start (a later edit of the end or the link leaves it alone).
       if (s.expiresAt && paths.has('scheduled_start_at')) s.expiresAt = expiry(start, c.now, c.settings.noShowMs);
-      if (s.state === 'in_progress' && s.startedAt) {
+      // Likewise the latest end moves only with the scheduled end.
+      if (s.state === 'in_progress' && s.startedAt && paths.has('scheduled_end_at')) {
         const byDuration = s.startedAt.getTime() + c.settings.maxDurationMs;
         const byEnd = Math.max(end.getTime(), c.now.getTime()) + c.settings.overrunMs;
         s.latestEndAt = new Date(Math.min(byDuration, byEnd));
@@ -399,7 +400,6 @@ export class SessionService {
   }
 
   async join(actor: Actor, db: Db, sessionId: string): Promise<JoinResult> {
-    let credential: JoinResult['credential'];
     const result = await this.#participantCommand(actor, db, sessionId, new Violations(), actor.userId, (c, access) => {
       const s = c.session;
       const me = c.participant(actor.userId);
@@ -452,15 +452,17 @@ export class SessionService {
         }
       }
       c.settle();
-      // Signed under the row lock: any later removal or closing revokes it.
-      if (me.admitState === 'admitted') {
-        credential = {
-          ...this.rooms.credential(s.tenantId, s.providerRoomId, me.userId, c.now),
-          provider: s.provider,
-          roomId: s.providerRoomId,
-        };
-      }
     });
+    // Of the committed session version: a removal, leave or closing commits a later one and revokes it.
+    const s = result.view.session;
+    const credential =
+      result.participant.admitState === 'admitted'
+        ? {
+            ...this.rooms.credential(s.tenantId, s.providerRoomId, actor.userId, s.version, this.clock.now()),
+            provider: s.provider,
+            roomId: s.providerRoomId,
+          }
+        : undefined;
     return { ...result, credential };
   }
 
@@ -719,7 +721,9 @@ export class SessionService {
     const s = c.session;
     try {
       if (c.closed) await this.rooms.closeRoom(s.tenantId, s.providerRoomId, c.now);
-      else if (c.revoked.size > 0) await this.rooms.revoke(s.tenantId, s.providerRoomId, [...c.revoked], c.now);
+      else if (c.revoked.size > 0) {
+        await this.rooms.revoke(s.tenantId, s.providerRoomId, [...c.revoked], s.version);
+      }
     } catch (err) {
       this.onRoomError(err, c.closed ? 'close room' : 'revoke room access');
     }

@@ -207,8 +207,8 @@ export class Migration20261201000000_sessions extends Migration {
       create trigger session_participant_no_truncate before truncate on session_participant
         for each statement execute function comms_refuse_session_event_change()`);
 
-    // The sandbox realtime provider's own store: rooms, and revocations (a token issued at or before
-    // revoked_before is refused).
+    // The sandbox realtime provider's own store: rooms, and revocations (a user's credential of a session
+    // version before revoked_generation is refused).
     this.addSql(`
       create table sandbox_room (
         tenant_id  text        not null,
@@ -219,10 +219,10 @@ export class Migration20261201000000_sessions extends Migration {
       )`);
     this.addSql(`
       create table sandbox_room_revocation (
-        tenant_id      text        not null,
-        room_id        text        not null,
-        user_id        text        not null,
-        revoked_before timestamptz not null,
+        tenant_id          text    not null,
+        room_id            text    not null,
+        user_id            text    not null,
+        revoked_generation integer not null,
         primary key (tenant_id, room_id, user_id)
       )`);
 
