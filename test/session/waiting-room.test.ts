@@ -801,6 +801,23 @@ describe('sessions: the waiting room', () => {
       expect(events.map(brief).slice(-2)).to.deep.equal(['JOINED:REJOINED_WITHIN_GRACE', 'JOINED:JOINED_WAITING']);
     });
 
+    it('orders credentials and revocations by the session, not the clock: all at one instant', async () => {
+      // The clock does not move: a time-stamped revocation could not tell the credential issued before
+      // the removal from the one issued after the new admit. The session version does.
+      const scene = await sessionScene();
+      const s = await runningVisit(clock, scene, holder.clock.now());
+      const id = s.sessionId;
+      const old = (await joinSession(clock, scene.patient, id)).credential!;
+      await removeParticipant(clock, scene.provider, id, scene.patient.userId);
+      await invite(clock, scene.provider, id, scene.patient.userId, ParticipantRole.PARTICIPANT_ROLE_PATIENT);
+      await joinSession(clock, scene.patient, id);
+      await admit(clock, scene.provider, id, scene.patient.userId);
+      const fresh = (await joinSession(clock, scene.patient, id)).credential!;
+      const at = holder.clock.now();
+      expect(await holder.app.rooms.connect(old.token, at)).to.deep.equal({ ok: false, reason: 'REVOKED' });
+      expect(await holder.app.rooms.connect(fresh.token, at)).to.include({ ok: true, userId: scene.patient.userId });
+    });
+
     it('expires a waiting entry after the tenant’s waiting time; the person may join again', async () => {
       const scene = await sessionScene();
       await sessionSettings(scene.tenantId, { waitingMs: 2 * MINUTE });
