@@ -10,7 +10,7 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import { credentials } from '@grpc/grpc-js';
 import { MessageServiceClient } from '../gen/comms/v1/message.js';
-import { AdmitState, VirtualSessionServiceClient } from '../gen/comms/v1/session.js';
+import { VirtualParticipant, VirtualSessionServiceClient } from '../gen/comms/v1/session.js';
 import { ParticipantRole, ThreadServiceClient } from '../gen/comms/v1/thread.js';
 import type { Role } from '../src/domain/actor.js';
 import { signDevToken } from '../src/infra/auth/dev-token.js';
@@ -246,21 +246,9 @@ export class Scene {
                 scheduledStartAt: new Date(now),
                 scheduledEndAt: new Date(now + 3_600_000),
                 waitingRoomOpensAt: undefined,
-                participants: this.#hosts.map((h) => ({
-                  userId: h.userId,
-                  role: ParticipantRole.PARTICIPANT_ROLE_PROVIDER,
-                  admitState: AdmitState.ADMIT_STATE_UNSPECIFIED,
-                  admitStateChangedAt: undefined,
-                  admitStateChangedBy: '',
-                  invitedBy: '',
-                  invitedAt: undefined,
-                  joinedAt: undefined,
-                  admittedAt: undefined,
-                  admittedBy: '',
-                  leftAt: undefined,
-                  waitingExpiresAt: undefined,
-                  rejoinExpiresAt: undefined,
-                })),
+                participants: this.#hosts.map((h) =>
+                  VirtualParticipant.fromPartial({ userId: h.userId, role: ParticipantRole.PARTICIPANT_ROLE_PROVIDER }),
+                ),
                 requestId: '',
               },
               bearer(this.#provider.token),

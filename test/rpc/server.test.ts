@@ -50,6 +50,28 @@ describe('server: health', () => {
   });
 });
 
+/**
+ * A client of `service` built from nothing but the descriptors reflection serves, as grpcurl does:
+ * requests and responses are the proto's JSON shapes (field and enum names as in the proto).
+ */
+async function reflectedClient(service: string) {
+  const reflection = new GrpcReflection(env.address, credentials.createInsecure());
+  const descriptor = await reflection.getDescriptorBySymbol(`comms.v1.${service}`);
+  const pkg = descriptor.getPackageObject({ keepCase: true, enums: String, defaults: true, longs: String });
+  const Ctor = ((pkg.comms as GrpcObject).v1 as GrpcObject)[service] as ServiceClientConstructor;
+  type Callback = (err: Error | null, res: Record<string, unknown>) => void;
+  type DynamicUnary = (req: object, md: Metadata, cb: Callback) => void;
+  const client = new Ctor(env.address, credentials.createInsecure()) as unknown as Client &
+    Record<string, DynamicUnary>;
+  return {
+    unary: (method: string, req: object, as: TestUser) =>
+      new Promise<Record<string, unknown>>((resolve, reject) =>
+        client[method]!(req, as.md, (err, res) => (err ? reject(err) : resolve(res))),
+      ),
+    close: () => client.close(),
+  };
+}
+
 describe('server: reflection (what grpcurl uses)', () => {
   it('lists every comms.v1 service and grpc.health.v1', async () => {
     const reflection = new GrpcReflection(env.address, credentials.createInsecure());
@@ -60,19 +82,9 @@ describe('server: reflection (what grpcurl uses)', () => {
   });
 
   it('calls CreateThread and GetThread with nothing but the descriptors reflection serves', async () => {
-    const reflection = new GrpcReflection(env.address, credentials.createInsecure());
-    const descriptor = await reflection.getDescriptorBySymbol('comms.v1.ThreadService');
-    const pkg = descriptor.getPackageObject({ keepCase: true, enums: String, defaults: true, longs: String });
-    const Ctor = ((pkg.comms as GrpcObject).v1 as GrpcObject).ThreadService as ServiceClientConstructor;
-    type Callback = (err: Error | null, res: Record<string, unknown>) => void;
-    type DynamicUnary = (req: object, md: Metadata, cb: Callback) => void;
-    const client = new Ctor(env.address, credentials.createInsecure()) as unknown as Client &
-      Record<string, DynamicUnary>;
+    const client = await reflectedClient('ThreadService');
     const user = await newUser(newTenant(), 'provider');
-    const unary = (method: string, req: object) =>
-      new Promise<Record<string, unknown>>((resolve, reject) =>
-        client[method]!(req, user.md, (err, res) => (err ? reject(err) : resolve(res))),
-      );
+    const unary = (method: string, req: object) => client.unary(method, req, user);
     try {
       // The JSON a grpcurl user would type, field names as in the proto.
       const created = await unary('CreateThread', {
@@ -88,20 +100,10 @@ describe('server: reflection (what grpcurl uses)', () => {
     }
   });
   it('requests a notification and lists it with nothing but the descriptors reflection serves', async () => {
-    const reflection = new GrpcReflection(env.address, credentials.createInsecure());
-    const descriptor = await reflection.getDescriptorBySymbol('comms.v1.NotificationService');
-    const pkg = descriptor.getPackageObject({ keepCase: true, enums: String, defaults: true, longs: String });
-    const Ctor = ((pkg.comms as GrpcObject).v1 as GrpcObject).NotificationService as ServiceClientConstructor;
-    type Callback = (err: Error | null, res: Record<string, unknown>) => void;
-    type DynamicUnary = (req: object, md: Metadata, cb: Callback) => void;
-    const client = new Ctor(env.address, credentials.createInsecure()) as unknown as Client &
-      Record<string, DynamicUnary>;
+    const client = await reflectedClient('NotificationService');
     const tenant = newTenant();
     const [svc, patient] = await Promise.all([newUser(tenant, 'service'), newUser(tenant, 'patient')]);
-    const unary = (method: string, req: object, as: TestUser) =>
-      new Promise<Record<string, unknown>>((resolve, reject) =>
-        client[method]!(req, as.md, (err, res) => (err ? reject(err) : resolve(res))),
-      );
+    const unary = client.unary;
     try {
       // The JSON of the README's grpcurl example, field names and enum names as in the proto.
       const req = {
@@ -142,18 +144,9 @@ describe('server: reflection (what grpcurl uses)', () => {
       'RemoveSessionParticipant',
       'ListSessionEvents',
     ]);
-    const descriptor = await reflection.getDescriptorBySymbol('comms.v1.VirtualSessionService');
-    const pkg = descriptor.getPackageObject({ keepCase: true, enums: String, defaults: true, longs: String });
-    const Ctor = ((pkg.comms as GrpcObject).v1 as GrpcObject).VirtualSessionService as ServiceClientConstructor;
-    type Callback = (err: Error | null, res: Record<string, unknown>) => void;
-    type DynamicUnary = (req: object, md: Metadata, cb: Callback) => void;
-    const client = new Ctor(env.address, credentials.createInsecure()) as unknown as Client &
-      Record<string, DynamicUnary>;
+    const client = await reflectedClient('VirtualSessionService');
     const user = await newUser(newTenant(), 'provider');
-    const unary = (method: string, req: object) =>
-      new Promise<Record<string, unknown>>((resolve, reject) =>
-        client[method]!(req, user.md, (err, res) => (err ? reject(err) : resolve(res))),
-      );
+    const unary = (method: string, req: object) => client.unary(method, req, user);
     const seconds = (offsetMs: number) => ({ seconds: String(Math.floor((Date.now() + offsetMs) / 1000)) });
     try {
       // The JSON a grpcurl user would type: field and enum names as in the proto, timestamps as messages.

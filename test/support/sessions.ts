@@ -2,9 +2,8 @@ import { credentials } from '@grpc/grpc-js';
 import { expect } from 'chai';
 import { ParticipantRole } from '../../gen/comms/v1/thread.js';
 import {
-  AdmitState,
   type SessionEvent,
-  type VirtualParticipant,
+  VirtualParticipant,
   type VirtualSession,
   VirtualSessionServiceClient,
 } from '../../gen/comms/v1/session.js';
@@ -22,21 +21,7 @@ export function sessionClient(address = env.address): VirtualSessionServiceClien
 
 /** A participant as a request names it (output-only fields left empty). */
 export function sessionParticipant(userId: string, role: ParticipantRole): VirtualParticipant {
-  return {
-    userId,
-    role,
-    admitState: AdmitState.ADMIT_STATE_UNSPECIFIED,
-    admitStateChangedAt: undefined,
-    admitStateChangedBy: '',
-    invitedBy: '',
-    invitedAt: undefined,
-    joinedAt: undefined,
-    admittedAt: undefined,
-    admittedBy: '',
-    leftAt: undefined,
-    waitingExpiresAt: undefined,
-    rejoinExpiresAt: undefined,
-  };
+  return VirtualParticipant.fromPartial({ userId, role });
 }
 
 const MINUTE = 60_000;
