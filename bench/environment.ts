@@ -263,6 +263,10 @@ export async function startService(
     LOG_LEVEL: process.env.BENCH_SERVICE_LOG_LEVEL ?? 'warn',
     SHUTDOWN_DRAIN_DELAY_MS: '0',
     SHUTDOWN_GRACE_MS: '3000',
+    // The load generators act as a few callers each driving many calls: no per-caller limits.
+    RATE_LIMIT_WRITES: '0',
+    MAX_STREAMS_PER_CALLER: '0',
+    METRICS_PORT: '0',
     ...options.env,
   };
   for (const k of ['NODE_ENV', 'JWT_SECRET', 'JWT_JWKS_URL', 'JWT_ISSUER', 'JWT_AUDIENCE']) delete env[k];

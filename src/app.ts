@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import type { MikroORM } from '@mikro-orm/postgresql';
+import type { MikroORM, PostgreSqlConnection } from '@mikro-orm/postgresql';
 import type { HealthImplementation } from 'grpc-health-check';
 import { systemClock, type Clock } from './domain/clock.js';
 import { MessageService } from './domain/message/message.service.js';
@@ -24,12 +24,16 @@ import { FeedHub } from './feeds/hub.js';
 import { FeedListener } from './feeds/listener.js';
 import { createLogger, type Logger } from './infra/log/logger.js';
 import { RpcAdapter } from './rpc/adapter.js';
+import { CallLimits } from './rpc/limits.js';
+import { Metrics, serveMetrics } from './infra/metrics/metrics.js';
 import { addReflection, addServices, bind, createHealth, Server, serverOptions, setServing } from './rpc/server.js';
 
 /** A running service instance. */
 export interface App {
   /** The bound gRPC port. */
   readonly port: number;
+  /** The bound Prometheus port (`GET /metrics`), unless METRICS_ENABLED=false. */
+  readonly metricsPort: number | undefined;
   readonly health: HealthImplementation;
   readonly orm: MikroORM;
   readonly log: Logger;
@@ -156,12 +160,24 @@ export async function startApp(config: Config, opts: { clock?: Clock; log?: Logg
   await listener.start();
   const health = createHealth();
   const server = new Server(serverOptions(config.grpc));
+  const metrics = new Metrics({
+    queues: () => jobs.depth(),
+    pool: async () => {
+      const pool = await (orm.em.getConnection() as PostgreSqlConnection).getNativeClient();
+      return { total: pool.totalCount, idle: pool.idleCount, waiting: pool.waitingCount };
+    },
+  });
+  const metricsServer = config.metrics.enabled
+    ? await serveMetrics(metrics, config.metrics.host, config.metrics.port)
+    : undefined;
   const adapter = new RpcAdapter({
     orm,
     statementTimeoutMs: config.dbStatementTimeoutMs,
     auth: new Authenticator(config.jwt),
     log,
     streamStallMs: config.feed.stallMs,
+    limits: new CallLimits(config.limits),
+    metrics,
   });
   addServices(server, adapter, {
     threads: new ThreadService(clock),
@@ -251,11 +267,12 @@ export async function startApp(config: Config, opts: { clock?: Clock; log?: Logg
       await jobs.stop(config.shutdownGraceMs);
       sandbox.close();
       await listener.stop();
+      await metricsServer?.close();
       await orm.close(true);
       await embedded?.stop();
       log.info('stopped');
     })());
 
   log.info({ port, embedded: embedded !== undefined }, 'serving');
-  return { port, health, orm, log, feeds, sessionTimers, rooms, shutdown };
+  return { port, metricsPort: metricsServer?.port, health, orm, log, feeds, sessionTimers, rooms, shutdown };
 }

@@ -127,6 +127,16 @@ export class JobQueue {
     return queue;
   }
 
+  /** Jobs per queue by state, for the metrics. */
+  async depth(): Promise<{ queue: string; queued: number; active: number; deferred: number }[]> {
+    return Promise.all(
+      [DISPATCH_QUEUE, SESSION_TIMER_QUEUE].map(async (queue) => {
+        const q = await this.#boss.getQueue(queue);
+        return { queue, queued: q?.queuedCount ?? 0, active: q?.activeCount ?? 0, deferred: q?.deferredCount ?? 0 };
+      }),
+    );
+  }
+
   /** Stops taking jobs, lets running ones finish (up to `timeoutMs`), closes the pool. */
   async stop(timeoutMs: number): Promise<void> {
     await this.#boss.stop({ graceful: true, timeout: Math.max(timeoutMs, 1) });

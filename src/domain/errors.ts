@@ -69,6 +69,21 @@ export class DeadlineExceeded extends DomainError {
   }
 }
 
+/**
+ * Too much at once from one caller: RESOURCE_EXHAUSTED, with a RetryInfo that says when to try again
+ * (`retryAfterMs`).
+ */
+export class TooMuch extends DomainError {
+  constructor(
+    reason: 'RATE_LIMITED' | 'TOO_MANY_STREAMS',
+    message: string,
+    readonly retryAfterMs: number,
+    metadata: Record<string, string> = {},
+  ) {
+    super('resource_exhausted', reason, message, metadata);
+  }
+}
+
 /** Collects field violations so a request reports every bad field at once. */
 export class Violations {
   readonly #list: FieldViolation[] = [];

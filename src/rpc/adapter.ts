@@ -9,11 +9,14 @@ import {
 } from '@grpc/grpc-js';
 import type { EntityManager, MikroORM } from '@mikro-orm/postgresql';
 import type { Actor } from '../domain/actor.js';
-import { DeadlineExceeded } from '../domain/errors.js';
+import { DeadlineExceeded, PermissionDenied } from '../domain/errors.js';
 import { SlowConsumer } from '../domain/feed/feed.errors.js';
 import type { Authenticator } from '../infra/auth/authenticator.js';
 import type { Logger } from '../infra/log/logger.js';
+import type { Metrics } from '../infra/metrics/metrics.js';
 import { toStatus } from './errors.js';
+import type { CallLimits } from './limits.js';
+import { policyOf, type RpcPolicy } from './policy.js';
 
 /** Everything a handler gets besides its request. */
 export interface CallContext {
@@ -49,18 +52,22 @@ export interface AdapterDeps {
    * `drain` came) before it is ended with RESOURCE_EXHAUSTED.
    */
   readonly streamStallMs: number;
+  readonly limits: CallLimits;
+  readonly metrics: Metrics;
 }
 
 /**
  * Turns `async (req, ctx) => res` handlers into grpc-js callbacks. It authenticates once from metadata,
- * forks one EntityManager per call, honours cancellation and deadlines, maps every thrown error through
- * `toStatus`, logs one line per call (method, code, latency; never bodies or tokens) and answers exactly
- * once by construction.
+ * applies the method's access gate and the caller's limits (src/rpc/policy.ts, limits.ts), forks one
+ * EntityManager per call, honours cancellation and deadlines, maps every thrown error through
+ * `toStatus`, logs one line per call (method, code, latency, request id; never bodies or tokens), counts
+ * it in the metrics, and answers exactly once by construction.
  */
 export class RpcAdapter {
   constructor(private readonly deps: AdapterDeps) {}
 
   unary<Req, Res>(method: string, handler: UnaryHandler<Req, Res>): UntypedHandleCall {
+    const policy = policyOf(method);
     return (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>) => {
       const started = process.hrtime.bigint();
       const requestId = requestIdOf(call.metadata);
@@ -69,10 +76,12 @@ export class RpcAdapter {
       const finish = (code: status, err?: unknown) => {
         const ms = Number(process.hrtime.bigint() - started) / 1e6;
         const entry = { method, code: status[code], ms: Math.round(ms * 100) / 100, requestId };
+        this.deps.metrics.unary(method, status[code], ms / 1000);
+        if (code === status.RESOURCE_EXHAUSTED) this.deps.metrics.rateLimited.inc({ method });
         if (err) this.deps.log.error({ ...entry, err }, 'rpc failed');
         else this.deps.log.debug(entry, 'rpc');
       };
-      this.#run(call, handler, controller.signal, requestId).then(
+      this.#run(call, handler, policy, method, controller.signal, requestId).then(
         (res) => {
           finish(status.OK);
           callback(null, res);
@@ -99,7 +108,10 @@ export class RpcAdapter {
     method: string,
     handler: StreamHandler<Req, Res>,
     resumeTokenOf: (res: Res) => string,
+    /** When the event a response carries was committed (undefined for markers): the feed-lag metric. */
+    committedAtOf: (res: Res) => Date | undefined = () => undefined,
   ): UntypedHandleCall {
+    const policy = policyOf(method);
     return (call: ServerWritableStream<Req, Res>) => {
       const started = process.hrtime.bigint();
       const requestId = requestIdOf(call.metadata);
@@ -109,12 +121,22 @@ export class RpcAdapter {
       let sent = 0;
       const run = async () => {
         const ctx = await this.#context(call, controller.signal, requestId);
-        for await (const res of handler(call.request, ctx)) {
-          if (controller.signal.aborted) return;
-          const accepted = call.write(res);
-          lastToken = resumeTokenOf(res) || lastToken;
-          sent++;
-          if (!accepted) await drained(call, controller.signal, this.deps.streamStallMs);
+        gate(policy, ctx.actor, method);
+        const release = this.deps.limits.openStream(ctx.actor);
+        this.deps.metrics.streams.inc({ method });
+        try {
+          for await (const res of handler(call.request, ctx)) {
+            if (controller.signal.aborted) return;
+            const accepted = call.write(res);
+            lastToken = resumeTokenOf(res) || lastToken;
+            sent++;
+            const committedAt = committedAtOf(res);
+            if (committedAt) this.deps.metrics.feedLag.observe({ method }, (Date.now() - committedAt.getTime()) / 1000);
+            if (!accepted) await drained(call, controller.signal, this.deps.streamStallMs);
+          }
+        } finally {
+          this.deps.metrics.streams.dec({ method });
+          release();
         }
       };
       run().then(
@@ -133,6 +155,8 @@ export class RpcAdapter {
 
   #logStream(method: string, requestId: string, started: bigint, sent: number, code: string, err?: unknown): void {
     const ms = Number(process.hrtime.bigint() - started) / 1e6;
+    this.deps.metrics.calls.inc({ method, code });
+    if (code === 'RESOURCE_EXHAUSTED') this.deps.metrics.rateLimited.inc({ method });
     const entry = { method, code, ms: Math.round(ms), sent, requestId };
     if (err) this.deps.log.error({ ...entry, err }, 'stream failed');
     else this.deps.log.debug(entry, 'stream ended');
@@ -141,10 +165,15 @@ export class RpcAdapter {
   async #run<Req, Res>(
     call: ServerUnaryCall<Req, Res>,
     handler: UnaryHandler<Req, Res>,
+    policy: RpcPolicy,
+    method: string,
     signal: AbortSignal,
     requestId: string,
   ): Promise<Res> {
-    return handler(call.request, await this.#context(call, signal, requestId));
+    const ctx = await this.#context(call, signal, requestId);
+    gate(policy, ctx.actor, method);
+    if (policy.write) await this.deps.limits.write(ctx.actor, method);
+    return handler(call.request, ctx);
   }
 
   /** Authenticates the call and builds its context. */
@@ -173,6 +202,13 @@ export class RpcAdapter {
       requestId,
       expiresAt,
     };
+  }
+}
+
+/** Refuses, before the handler runs, a caller whose roles the method's policy never allows (`gate`). */
+function gate(policy: RpcPolicy, actor: Actor, method: string): void {
+  if (policy.gate && !policy.roles.some((role) => actor.roles.has(role))) {
+    throw new PermissionDenied('ROLE_NOT_ALLOWED', `${method} is for ${policy.rule}`, { method });
   }
 }
 

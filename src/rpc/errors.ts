@@ -2,7 +2,7 @@ import { Metadata, status, type StatusObject } from '@grpc/grpc-js';
 import { BadRequest, ErrorInfo, RetryInfo } from '../../gen/google/rpc/error_details.js';
 import { Status } from '../../gen/google/rpc/status.js';
 import { ConnectionException, DeadlockException, LockWaitTimeoutException } from '@mikro-orm/core';
-import { DomainError, type ErrorKind, InvalidArgument } from '../domain/errors.js';
+import { DomainError, type ErrorKind, InvalidArgument, TooMuch } from '../domain/errors.js';
 
 /** ErrorInfo.domain of every error this service returns. */
 export const ERROR_DOMAIN = 'comms.example.com';
@@ -74,14 +74,16 @@ export function toStatus(
               }).finish(),
             ),
           ]
-        : [];
+        : err instanceof TooMuch
+          ? [retryInfo(err.retryAfterMs)]
+          : [];
     return {
       status: errorStatus(CODES[err.kind], err.message, err.reason, { ...err.metadata, ...extraMetadata }, extra),
       internal: false,
     };
   }
   if (isDatabaseUnavailable(err)) {
-    const retry = any('google.rpc.RetryInfo', RetryInfo.encode({ retryDelay: { seconds: '1', nanos: 0 } }).finish());
+    const retry = retryInfo(1000);
     return {
       status: errorStatus(status.UNAVAILABLE, 'database unavailable; retry', 'DATABASE_UNAVAILABLE', extraMetadata, [
         retry,
@@ -103,6 +105,17 @@ export function toStatus(
     };
   }
   return { status: errorStatus(status.INTERNAL, 'internal error', 'INTERNAL', extraMetadata), internal: true };
+}
+
+/** A google.rpc.RetryInfo detail asking the client to wait `ms` before trying again. */
+function retryInfo(ms: number) {
+  const wait = Math.max(1, Math.ceil(ms));
+  return any(
+    'google.rpc.RetryInfo',
+    RetryInfo.encode({
+      retryDelay: { seconds: String(Math.floor(wait / 1000)), nanos: (wait % 1000) * 1_000_000 },
+    }).finish(),
+  );
 }
 
 /** PostgreSQL SQLSTATEs and socket errors that mean "the database is not reachable right now". */

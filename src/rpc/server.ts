@@ -94,10 +94,12 @@ export function addServices(server: Server, adapter: RpcAdapter, domain: Domain)
       if (!handler) throw new Error(`no handler for ${def.path}`);
       if (def.responseStream) {
         // Every streaming response of comms.v1 carries a resume_token.
+        type FeedResponse = { resumeToken: string; occurredAt?: Date; event?: { $case: string } };
         impl[method] = adapter.serverStream(
           def.path,
-          handler as StreamHandler<unknown, { resumeToken: string }>,
+          handler as StreamHandler<unknown, FeedResponse>,
           (res) => res.resumeToken,
+          (res) => (res.event?.$case === 'caughtUp' || res.event?.$case === 'heartbeat' ? undefined : res.occurredAt),
         );
       } else impl[method] = adapter.unary(def.path, handler as UnaryHandler<unknown, unknown>);
     }

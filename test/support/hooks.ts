@@ -24,6 +24,11 @@ export function testConfig(overrides: Record<string, string> = {}): Config {
     NOTIFY_DISPATCH: 'false',
     // Session timers likewise: a test of the server's clock starts its own instance (test/support/sessions.ts).
     SESSION_TIMERS: 'false',
+    // Suites load one caller hard (races, bursts, many streams): the limits have their own tests
+    // (test/rpc/limits.test.ts) on instances that turn them on. Metrics on any free port.
+    RATE_LIMIT_WRITES: '0',
+    MAX_STREAMS_PER_CALLER: '0',
+    METRICS_PORT: '0',
     ...overrides,
   });
 }

@@ -60,6 +60,10 @@ async function spawnReplica(overrides: Record<string, string>): Promise<Replica>
     SHUTDOWN_DRAIN_DELAY_MS: '0',
     SHUTDOWN_GRACE_MS: '5000',
     NOTIFY_DEFAULT_PLANS: JSON.stringify(env.config.notify.defaultPlans),
+    // As the shared server (test/support/hooks.ts): no per-caller limits, metrics on any free port.
+    RATE_LIMIT_WRITES: '0',
+    MAX_STREAMS_PER_CALLER: '0',
+    METRICS_PORT: '0',
     ...overrides,
   };
   const child = spawn(process.execPath, [MAIN], { env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] });

@@ -150,7 +150,17 @@ export interface Config {
     readonly maxConnectionAgeMs: number;
     readonly maxConnectionAgeGraceMs: number;
   };
-  readonly limits: { readonly messageMaxBytes: number; readonly markReadMaxIds: number };
+  readonly limits: {
+    readonly messageMaxBytes: number;
+    readonly markReadMaxIds: number;
+    /** Writes per caller per window on one replica (0: unlimited). */
+    readonly writesPerWindow: number;
+    readonly windowSeconds: number;
+    /** Open server streams per caller on one replica (0: unlimited). */
+    readonly streamsPerCaller: number;
+  };
+  /** The Prometheus endpoint (`GET /metrics` on its own HTTP port). */
+  readonly metrics: { readonly enabled: boolean; readonly host: string; readonly port: number };
   readonly feed: {
     /** Idle streams get a heartbeat this often. */
     readonly heartbeatMs: number;
@@ -229,6 +239,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       GRPC_MAX_CONNECTION_AGE_GRACE_MS: int(0, 3_600_000)({ default: 300_000 }),
       MESSAGE_MAX_BYTES: int(1, 262_144)({ default: 16_384 }),
       MARK_READ_MAX_IDS: int(1, 10_000)({ default: 500 }),
+      RATE_LIMIT_WRITES: int(0, 1_000_000)({ default: 100, desc: 'writes per caller per window and replica; 0: off' }),
+      RATE_LIMIT_WINDOW_SECONDS: int(1, 3600)({ default: 1 }),
+      MAX_STREAMS_PER_CALLER: int(0, 100_000)({ default: 100, desc: 'open streams per caller and replica; 0: off' }),
+      METRICS_ENABLED: bool({ default: true }),
+      METRICS_HOST: str({ default: '0.0.0.0' }),
+      METRICS_PORT: int(0, 65535)({ default: 9464, desc: 'Prometheus endpoint port (0 = any free port)' }),
       FEED_HEARTBEAT_MS: int(100, 600_000)({ default: 15_000 }),
       FEED_STALL_MS: int(50, 600_000)({ default: 10_000 }),
       FEED_RETENTION_HOURS: int(1, 24 * 366)({ default: 168 }),
@@ -305,7 +321,14 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       maxConnectionAgeMs: e.GRPC_MAX_CONNECTION_AGE_MS,
       maxConnectionAgeGraceMs: e.GRPC_MAX_CONNECTION_AGE_GRACE_MS,
     },
-    limits: { messageMaxBytes: e.MESSAGE_MAX_BYTES, markReadMaxIds: e.MARK_READ_MAX_IDS },
+    limits: {
+      messageMaxBytes: e.MESSAGE_MAX_BYTES,
+      markReadMaxIds: e.MARK_READ_MAX_IDS,
+      writesPerWindow: e.RATE_LIMIT_WRITES,
+      windowSeconds: e.RATE_LIMIT_WINDOW_SECONDS,
+      streamsPerCaller: e.MAX_STREAMS_PER_CALLER,
+    },
+    metrics: { enabled: e.METRICS_ENABLED, host: e.METRICS_HOST, port: e.METRICS_PORT },
     feed: {
       heartbeatMs: e.FEED_HEARTBEAT_MS,
       stallMs: e.FEED_STALL_MS,
