@@ -79,7 +79,7 @@ export class RpcAdapter {
         this.deps.metrics.unary(method, status[code], ms / 1000);
         if (code === status.RESOURCE_EXHAUSTED) this.deps.metrics.rateLimited.inc({ method });
         if (err) this.deps.log.error({ ...entry, err }, 'rpc failed');
-        else this.deps.log.debug(entry, 'rpc');
+        else this.deps.log.info(entry, 'rpc');
       };
       this.#run(call, handler, policy, method, controller.signal, requestId).then(
         (res) => {
@@ -159,7 +159,7 @@ export class RpcAdapter {
     if (code === 'RESOURCE_EXHAUSTED') this.deps.metrics.rateLimited.inc({ method });
     const entry = { method, code, ms: Math.round(ms), sent, requestId };
     if (err) this.deps.log.error({ ...entry, err }, 'stream failed');
-    else this.deps.log.debug(entry, 'stream ended');
+    else this.deps.log.info(entry, 'stream ended');
   }
 
   async #run<Req, Res>(
