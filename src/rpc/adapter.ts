@@ -8,6 +8,7 @@ import {
   type UntypedHandleCall,
 } from '@grpc/grpc-js';
 import type { EntityManager, MikroORM } from '@mikro-orm/postgresql';
+import { context, propagation, type Span, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
 import type { Actor } from '../domain/actor.js';
 import { DeadlineExceeded, PermissionDenied } from '../domain/errors.js';
 import { SlowConsumer } from '../domain/feed/feed.errors.js';
@@ -73,25 +74,31 @@ export class RpcAdapter {
       const requestId = requestIdOf(call.metadata);
       const controller = new AbortController();
       call.on('cancelled', () => controller.abort());
+      const span = startSpan(method, call.metadata, requestId);
       const finish = (code: status, err?: unknown) => {
         const ms = Number(process.hrtime.bigint() - started) / 1e6;
         const entry = { method, code: status[code], ms: Math.round(ms * 100) / 100, requestId };
+        endSpan(span, code);
         this.deps.metrics.unary(method, status[code], ms / 1000);
         if (code === status.RESOURCE_EXHAUSTED) this.deps.metrics.rateLimited.inc({ method });
         if (err) this.deps.log.error({ ...entry, err }, 'rpc failed');
         else this.deps.log.info(entry, 'rpc');
       };
-      this.#run(call, handler, policy, method, controller.signal, requestId).then(
-        (res) => {
-          finish(status.OK);
-          callback(null, res);
-        },
-        (err: unknown) => {
-          const { status: st, internal } = toStatus(err);
-          finish(st.code, internal ? err : undefined);
-          callback(st);
-        },
-      );
+      context
+        .with(trace.setSpan(context.active(), span), () =>
+          this.#run(call, handler, policy, method, controller.signal, requestId),
+        )
+        .then(
+          (res) => {
+            finish(status.OK);
+            callback(null, res);
+          },
+          (err: unknown) => {
+            const { status: st, internal } = toStatus(err);
+            finish(st.code, internal ? err : undefined);
+            callback(st);
+          },
+        );
     };
   }
 
@@ -119,6 +126,7 @@ export class RpcAdapter {
       call.on('cancelled', () => controller.abort());
       let lastToken = '';
       let sent = 0;
+      const span = startSpan(method, call.metadata, requestId);
       const run = async () => {
         const ctx = await this.#context(call, controller.signal, requestId);
         gate(policy, ctx.actor, method);
@@ -139,13 +147,15 @@ export class RpcAdapter {
           release();
         }
       };
-      run().then(
+      context.with(trace.setSpan(context.active(), span), run).then(
         () => {
+          endSpan(span, controller.signal.aborted ? status.CANCELLED : status.OK);
           this.#logStream(method, requestId, started, sent, controller.signal.aborted ? 'CANCELLED' : 'OK');
           if (!controller.signal.aborted) call.end();
         },
         (err: unknown) => {
           const { status: st, internal } = toStatus(err, lastToken ? { resume_token: lastToken } : {});
+          endSpan(span, st.code);
           this.#logStream(method, requestId, started, sent, status[st.code], internal ? err : undefined);
           if (!controller.signal.aborted) call.emit('error', st);
         },
@@ -203,6 +213,42 @@ export class RpcAdapter {
       expiresAt,
     };
   }
+}
+
+const tracer = trace.getTracer('comms');
+
+/** Reads W3C `traceparent` / `tracestate` from gRPC metadata. */
+const metadataGetter = {
+  keys: (md: Metadata) => Object.keys(md.getMap()),
+  get: (md: Metadata, key: string) => {
+    const values = md.get(key).filter((v): v is string => typeof v === 'string');
+    return values.length === 0 ? undefined : values;
+  },
+};
+
+/**
+ * A server span for the call (OpenTelemetry), child of the caller's `traceparent` when it sends one.
+ * Without an OpenTelemetry SDK registered in the process (e.g. `node --import` of a tracing setup) the
+ * API is a no-op, so this costs nothing by default.
+ */
+function startSpan(method: string, md: Metadata, requestId: string): Span {
+  const [, service = '', name = ''] = method.split('/');
+  const parent = propagation.extract(context.active(), md, metadataGetter);
+  return tracer.startSpan(
+    method.slice(1),
+    {
+      kind: SpanKind.SERVER,
+      attributes: { 'rpc.system': 'grpc', 'rpc.service': service, 'rpc.method': name, 'comms.request_id': requestId },
+    },
+    parent,
+  );
+}
+
+function endSpan(span: Span, code: status): void {
+  span.setAttribute('rpc.grpc.status_code', code);
+  if (code !== status.OK && code !== status.CANCELLED)
+    span.setStatus({ code: SpanStatusCode.ERROR, message: status[code] });
+  span.end();
 }
 
 /** Refuses, before the handler runs, a caller whose roles the method's policy never allows (`gate`). */
