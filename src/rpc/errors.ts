@@ -127,6 +127,8 @@ const UNAVAILABLE_CODES = new Set([
   '57P01',
   '57P02',
   '57P03',
+  '57P04',
+  '53300',
   '08000',
   '08001',
   '08003',
@@ -144,6 +146,9 @@ function isDatabaseUnavailable(err: unknown): boolean {
   for (let e: unknown = err, depth = 0; e && depth < 4; e = (e as { cause?: unknown }).cause, depth++) {
     const code = (e as { code?: unknown }).code;
     if (typeof code === 'string' && UNAVAILABLE_CODES.has(code)) return true;
+    // A FATAL error ends the session: PostgreSQL refused or dropped the connection (e.g. 55000 "database
+    // is not currently accepting connections" while opening one). The call did not run; retry it.
+    if ((e as { severity?: unknown }).severity === 'FATAL') return true;
     if (e instanceof Error && /Connection terminated|connection timeout/i.test(e.message)) return true;
   }
   return false;
