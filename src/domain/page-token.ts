@@ -48,7 +48,9 @@ export function decodePositionToken(kind: string, token: string, filter: Record<
     Object.entries(filter).some(([key, value]) => body[key] !== value) ||
     typeof body.id !== 'string' ||
     !isUuid(body.id) ||
-    Number.isNaN(at.getTime())
+    Number.isNaN(at.getTime()) ||
+    at.getUTCFullYear() < 1 ||
+    at.getUTCFullYear() > 9999
   ) {
     throw new InvalidArgument([{ field: 'page_token', description: 'does not belong to this filter' }]);
   }

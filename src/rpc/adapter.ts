@@ -18,6 +18,7 @@ import type { Metrics } from '../infra/metrics/metrics.js';
 import { toStatus } from './errors.js';
 import type { CallLimits } from './limits.js';
 import { policyOf, type RpcPolicy } from './policy.js';
+import { checkRequest } from './request.js';
 
 /** Everything a handler gets besides its request. */
 export interface CallContext {
@@ -130,6 +131,7 @@ export class RpcAdapter {
       const run = async () => {
         const ctx = await this.#context(call, controller.signal, requestId);
         gate(policy, ctx.actor, method);
+        checkRequest(call.request);
         const release = this.deps.limits.openStream(ctx.actor);
         this.deps.metrics.streams.inc({ method });
         try {
@@ -182,6 +184,7 @@ export class RpcAdapter {
   ): Promise<Res> {
     const ctx = await this.#context(call, signal, requestId);
     gate(policy, ctx.actor, method);
+    checkRequest(call.request);
     if (policy.write) await this.deps.limits.write(ctx.actor, method);
     return handler(call.request, ctx);
   }

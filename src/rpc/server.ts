@@ -27,6 +27,7 @@ import type { RpcAdapter, StreamHandler, UnaryHandler } from './adapter.js';
 import { feedHandlers } from './feed.handlers.js';
 import { messageHandlers, readReceiptHandlers } from './message.handlers.js';
 import { notificationHandlers } from './notification.handlers.js';
+import { decodeSafely } from './request.js';
 import { sessionHandlers } from './session.handlers.js';
 import { threadHandlers } from './thread.handlers.js';
 
@@ -103,7 +104,7 @@ export function addServices(server: Server, adapter: RpcAdapter, domain: Domain)
         );
       } else impl[method] = adapter.unary(def.path, handler as UnaryHandler<unknown, unknown>);
     }
-    server.addService(encodeOnce(definition as ServiceDefinition), impl);
+    server.addService(decodeSafely(encodeOnce(definition as ServiceDefinition)), impl);
   }
 }
 
