@@ -60,6 +60,16 @@ export function sqlDateOrNull(value: unknown): Date | null {
 }
 
 /**
+ * `buf` in memory of its own. Node hands out small Buffers as slices of shared 64 KiB slabs, and a slice
+ * keeps its whole slab alive: a Buffer kept for long (a cached feed event) must not be such a slice.
+ */
+export function unpooled(buf: Buffer): Buffer {
+  const own = Buffer.allocUnsafeSlow(buf.length);
+  buf.copy(own);
+  return own;
+}
+
+/**
  * A PostgreSQL array literal of ids, texts, numbers or ISO timestamps, for a `?::type[]` parameter
  * (MikroORM expands JavaScript arrays into value lists). Elements are quoted, quotes and backslashes
  * escaped.

@@ -27,6 +27,7 @@ import type { RpcAdapter, StreamHandler, UnaryHandler } from './adapter.js';
 import { feedHandlers } from './feed.handlers.js';
 import { messageHandlers, readReceiptHandlers } from './message.handlers.js';
 import { notificationHandlers } from './notification.handlers.js';
+import { unpooled } from '../domain/db.js';
 import { decodeSafely } from './request.js';
 import { sessionHandlers } from './session.handlers.js';
 import { threadHandlers } from './thread.handlers.js';
@@ -121,7 +122,8 @@ function encodeOnce(definition: ServiceDefinition): ServiceDefinition {
       const serialize = def.responseSerialize;
       const responseSerialize = (value: object) => {
         let buf = encoded.get(value);
-        if (!buf) encoded.set(value, (buf = serialize(value)));
+        // Kept as long as the feed caches the event: in memory of its own, not a slice of a shared slab.
+        if (!buf) encoded.set(value, (buf = unpooled(serialize(value))));
         return buf;
       };
       return [method, { ...def, responseSerialize }];

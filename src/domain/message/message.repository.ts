@@ -1,5 +1,5 @@
 import type { EntityManager } from '@mikro-orm/postgresql';
-import { sqlDate, sqlDateOrNull } from '../db.js';
+import { sqlDate, sqlDateOrNull, unpooled } from '../db.js';
 import { THREAD_ACCESS_COLUMNS, type ThreadAccess, threadAccessOf } from '../thread/thread.repository.js';
 import { Message } from './message.entity.js';
 
@@ -50,7 +50,8 @@ function toRecord(row: Record<string, unknown>): MessageRecord {
     senderUserId: row.sender_user_id as string,
     clientMutationId: row.client_mutation_id as string,
     body: row.body as string,
-    bodySha256: row.body_sha256 as Buffer,
+    // Records are cached by the feeds: keep the hash off Node's shared Buffer slabs.
+    bodySha256: unpooled(row.body_sha256 as Buffer),
     clientSentAt: sqlDateOrNull(row.client_sent_at),
     sentAt: sqlDate(row.sent_at),
   };

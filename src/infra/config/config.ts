@@ -249,7 +249,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       FEED_STALL_MS: int(50, 600_000)({ default: 10_000 }),
       FEED_RETENTION_HOURS: int(1, 24 * 366)({ default: 168 }),
       FEED_PRUNE_INTERVAL_MS: int(1000, 86_400_000)({ default: 300_000 }),
-      FEED_CACHE_EVENTS: int(1, 100_000)({ default: 256 }),
+      FEED_CACHE_EVENTS: int(1, 100_000)({ default: 64 }),
       NOTIFY_DISPATCH: bool({ default: true, desc: 'run notification dispatch jobs on this replica' }),
       NOTIFY_CONCURRENCY: int(1, 256)({ default: 8 }),
       NOTIFY_POLL_MS: int(500, 60_000)({ default: 1_000 }),
