@@ -278,7 +278,9 @@ export function markdown(info: RunInfo, o: SoakOutcome, minuteRows: readonly Min
       `in memory per watched thread (every thread is watched on both replicas)` +
       (e.end < e.cacheEvents
         ? ': those caches were still filling at the end, so part of any growth is theirs (bounded), not a leak.'
-        : '; they were full by the end.'),
+        : e.warmupEnd >= e.cacheEvents
+          ? '; they were full before the measured window began.'
+          : '; they were full by the end.'),
   );
   out();
   const dispatching = o.rss.filter((r) => r.notifyDispatch).map((r) => r.replica);

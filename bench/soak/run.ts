@@ -11,6 +11,7 @@
  * call, a missing, duplicated or unexpected delivery, a stream error); an RSS growth above the limit is
  * reported as a missed target.
  */
+import { loadConfig } from '../../src/infra/config/config.js';
 import { readFileSync } from 'node:fs';
 import { intEnv, runInfo, writeReport } from '../common.js';
 import { CpuSampler } from '../cpu.js';
@@ -596,7 +597,7 @@ async function main(): Promise<number> {
         eventsPerThread: {
           warmupEnd: eventsBefore(windowStart) / config.threads,
           end: eventsBefore(endAt) / config.threads,
-          cacheEvents: Number(process.env.FEED_CACHE_EVENTS || 256),
+          cacheEvents: Number(process.env.FEED_CACHE_EVENTS || loadConfig({}).feed.cacheEvents),
         },
         delivery: d,
         deliveryLatency: percentiles(Float64Array.from(windowLatency)),
