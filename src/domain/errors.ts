@@ -43,10 +43,23 @@ export class EtagMismatch extends DomainError {
   }
 }
 
+/** At most this many field violations are reported (the rest are counted): the status travels in trailers. */
+const MAX_VIOLATIONS = 20;
+
 /** Bad input: the request is refused as a whole and nothing is changed. */
 export class InvalidArgument extends DomainError {
-  constructor(readonly violations: readonly FieldViolation[]) {
-    super('invalid_argument', 'INVALID_ARGUMENT', violations.map((v) => `${v.field}: ${v.description}`).join('; '));
+  readonly violations: readonly FieldViolation[];
+
+  constructor(violations: readonly FieldViolation[]) {
+    const shown =
+      violations.length <= MAX_VIOLATIONS
+        ? violations
+        : [
+            ...violations.slice(0, MAX_VIOLATIONS),
+            { field: '', description: `and ${violations.length - MAX_VIOLATIONS} more violations` },
+          ];
+    super('invalid_argument', 'INVALID_ARGUMENT', shown.map((v) => `${v.field}: ${v.description}`).join('; '));
+    this.violations = shown;
   }
 }
 

@@ -39,6 +39,11 @@ export function errorStatus(
   metadata: Record<string, string>,
   extraDetails: { typeUrl: string; value: Buffer }[] = [],
 ): ErrorStatus {
+  // Trailers are small (grpc-js clients refuse metadata over 8 KiB by default): keep texts short.
+  message = message.length > 1000 ? `${message.slice(0, 1000)}…` : message;
+  metadata = Object.fromEntries(
+    Object.entries(metadata).map(([k, v]) => [k, v.length > 1024 ? `${v.slice(0, 1024)}…` : v]),
+  );
   const info = ErrorInfo.encode({ reason, domain: ERROR_DOMAIN, metadata }).finish();
   const details = Status.encode({
     code,
