@@ -177,6 +177,7 @@ export async function startApp(config: Config, opts: { clock?: Clock; log?: Logg
     log,
     streamStallMs: config.feed.stallMs,
     limits: new CallLimits(config.limits),
+    pageSizeMax: config.limits.pageSizeMax,
     metrics,
   });
   addServices(server, adapter, {

@@ -16,7 +16,7 @@ import type { Authenticator } from '../infra/auth/authenticator.js';
 import type { Logger } from '../infra/log/logger.js';
 import type { Metrics } from '../infra/metrics/metrics.js';
 import { toStatus } from './errors.js';
-import type { CallLimits } from './limits.js';
+import { type CallLimits, capPageSize } from './limits.js';
 import { policyOf, type RpcPolicy } from './policy.js';
 import { checkRequest } from './request.js';
 
@@ -55,6 +55,8 @@ export interface AdapterDeps {
    */
   readonly streamStallMs: number;
   readonly limits: CallLimits;
+  /** PAGE_SIZE_MAX (0: the contract's maxima). */
+  readonly pageSizeMax: number;
   readonly metrics: Metrics;
 }
 
@@ -185,6 +187,7 @@ export class RpcAdapter {
     const ctx = await this.#context(call, signal, requestId);
     gate(policy, ctx.actor, method);
     checkRequest(call.request);
+    capPageSize(call.request, this.deps.pageSizeMax);
     if (policy.write) await this.deps.limits.write(ctx.actor, method);
     return handler(call.request, ctx);
   }

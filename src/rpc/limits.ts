@@ -9,6 +9,8 @@ export interface LimitOptions {
   readonly windowSeconds: number;
   /** Server streams one caller may hold open at once, on this replica. */
   readonly streamsPerCaller: number;
+  /** The most items any List returns (lowers the contract's maxima); 0: no lower maximum. */
+  readonly pageSizeMax: number;
 }
 
 /**
@@ -61,6 +63,16 @@ export class CallLimits {
       else this.#streams.set(key, left);
     };
   }
+}
+
+/**
+ * A List request's page size lowered to PAGE_SIZE_MAX when the server has one (0, the default page, and
+ * anything larger become it); negative sizes are left for the domain to refuse.
+ */
+export function capPageSize(request: unknown, max: number): void {
+  if (max <= 0 || typeof request !== 'object' || request === null || !('pageSize' in request)) return;
+  const req = request as { pageSize: unknown };
+  if (typeof req.pageSize === 'number' && (req.pageSize === 0 || req.pageSize > max)) req.pageSize = max;
 }
 
 function callerKey(actor: Actor): string {

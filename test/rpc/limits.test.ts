@@ -34,7 +34,12 @@ describe('limits and metrics', () => {
   let threads: ThreadServiceClient;
   before(async function () {
     this.timeout(30_000);
-    app = await startTestApp({ RATE_LIMIT_WRITES: '5', RATE_LIMIT_WINDOW_SECONDS: '60', MAX_STREAMS_PER_CALLER: '2' });
+    app = await startTestApp({
+      RATE_LIMIT_WRITES: '5',
+      RATE_LIMIT_WINDOW_SECONDS: '60',
+      MAX_STREAMS_PER_CALLER: '2',
+      PAGE_SIZE_MAX: '3',
+    });
     threads = threadClient(`127.0.0.1:${app.port}`);
   });
   after(async function () {
@@ -65,8 +70,27 @@ describe('limits and metrics', () => {
     expect(Number(rows[0]!.n), 'threads stored').to.equal(5);
     // Reads are not limited; another caller has its own budget.
     const listed = await call(threads, threads.listThreads, { pageSize: 0, pageToken: '', state: 0 }, busy.md);
-    expect(listed.threads).to.have.length(5);
+    expect(listed.threads).to.have.length(3); // PAGE_SIZE_MAX
     await create(other.md, 'someone else');
+  });
+
+  it('lowers every List’s maximum page size to PAGE_SIZE_MAX; the walk still reaches every item', async () => {
+    const user = await newUser(newTenant(), 'provider');
+    for (let i = 0; i < 4; i++) await create(user.md, `paged ${i}`);
+    const seen: string[] = [];
+    let pageToken = '';
+    let pages = 0;
+    do {
+      const res = await call(threads, threads.listThreads, { pageSize: 200, pageToken, state: 0 }, user.md);
+      expect(res.threads.length).to.be.at.most(3);
+      seen.push(...res.threads.map((t) => t.threadId));
+      pageToken = res.nextPageToken;
+      pages++;
+    } while (pageToken !== '');
+    expect(pages).to.equal(2);
+    expect(new Set(seen).size).to.equal(4);
+    const err = await callError(call(threads, threads.listThreads, { pageSize: -1, pageToken: '', state: 0 }, user.md));
+    expect(err.code).to.equal(status.INVALID_ARGUMENT);
   });
 
   it('refuses a caller’s streams beyond the limit with TOO_MANY_STREAMS; closing one frees a slot', async () => {

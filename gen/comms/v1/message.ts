@@ -154,8 +154,8 @@ export interface ListMessagesRequest {
   /** The thread to read. */
   threadId: string;
   /**
-   * Maximum messages to return: 0 means 50, larger values are clamped to 200, negative values are
-   * refused (INVALID_ARGUMENT).
+   * Maximum messages to return: 0 means 50, larger values are clamped to 200 (or the server's lower
+   * PAGE_SIZE_MAX), negative values are refused (INVALID_ARGUMENT).
    */
   pageSize: number;
   /**

@@ -754,8 +754,8 @@ export interface GetNotificationResponse {
 /** Request for ListNotifications. */
 export interface ListNotificationsRequest {
   /**
-   * Maximum intents to return: 0 means 50, larger values are clamped to 200, negative values are
-   * refused (INVALID_ARGUMENT).
+   * Maximum intents to return: 0 means 50, larger values are clamped to 200 (or the server's lower
+   * PAGE_SIZE_MAX), negative values are refused (INVALID_ARGUMENT).
    */
   pageSize: number;
   /** `next_page_token` of a previous call with the same filter; empty for the first page. */

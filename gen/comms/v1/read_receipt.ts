@@ -106,8 +106,8 @@ export interface ListReadReceiptsRequest {
   /** Optional: only these messages of the thread, at most 500 (MARK_READ_MAX_IDS). */
   messageIds: string[];
   /**
-   * Maximum receipts to return: 0 means 100, larger values are clamped to 500, negative values are
-   * refused (INVALID_ARGUMENT).
+   * Maximum receipts to return: 0 means 100, larger values are clamped to 500 (or the server's lower
+   * PAGE_SIZE_MAX), negative values are refused (INVALID_ARGUMENT).
    */
   pageSize: number;
   /** `next_page_token` of a previous call with the same filter. */

@@ -597,8 +597,8 @@ export interface GetSessionResponse {
 /** Request for ListSessions. */
 export interface ListSessionsRequest {
   /**
-   * Maximum sessions to return: 0 means 50, larger values are clamped to 200, negative values are
-   * refused (INVALID_ARGUMENT).
+   * Maximum sessions to return: 0 means 50, larger values are clamped to 200 (or the server's lower
+   * PAGE_SIZE_MAX), negative values are refused (INVALID_ARGUMENT).
    */
   pageSize: number;
   /** `next_page_token` of a previous call with the same filter; empty for the first page. */
@@ -812,8 +812,8 @@ export interface RemoveSessionParticipantResponse {
 /** Request for ListSessionEvents. */
 export interface ListSessionEventsRequest {
   /**
-   * Maximum events to return: 0 means 50, larger values are clamped to 200, negative values are
-   * refused (INVALID_ARGUMENT).
+   * Maximum events to return: 0 means 50, larger values are clamped to 200 (or the server's lower
+   * PAGE_SIZE_MAX), negative values are refused (INVALID_ARGUMENT).
    */
   pageSize: number;
   /** `next_page_token` of a previous call with the same filter; empty for the first page. */

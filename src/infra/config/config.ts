@@ -158,6 +158,8 @@ export interface Config {
     readonly windowSeconds: number;
     /** Open server streams per caller on one replica (0: unlimited). */
     readonly streamsPerCaller: number;
+    /** The most items any List returns, lowering each List's own maximum (0: the contract's maxima). */
+    readonly pageSizeMax: number;
   };
   /** The Prometheus endpoint (`GET /metrics` on its own HTTP port). */
   readonly metrics: { readonly enabled: boolean; readonly host: string; readonly port: number };
@@ -242,6 +244,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       RATE_LIMIT_WRITES: int(0, 1_000_000)({ default: 100, desc: 'writes per caller per window and replica; 0: off' }),
       RATE_LIMIT_WINDOW_SECONDS: int(1, 3600)({ default: 1 }),
       MAX_STREAMS_PER_CALLER: int(0, 100_000)({ default: 100, desc: 'open streams per caller and replica; 0: off' }),
+      PAGE_SIZE_MAX: int(0, 500)({ default: 0, desc: 'lowers every List maximum page size; 0: the contract maxima' }),
       METRICS_ENABLED: bool({ default: true }),
       METRICS_HOST: str({ default: '0.0.0.0' }),
       METRICS_PORT: int(0, 65535)({ default: 9464, desc: 'Prometheus endpoint port (0 = any free port)' }),
@@ -327,6 +330,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       writesPerWindow: e.RATE_LIMIT_WRITES,
       windowSeconds: e.RATE_LIMIT_WINDOW_SECONDS,
       streamsPerCaller: e.MAX_STREAMS_PER_CALLER,
+      pageSizeMax: e.PAGE_SIZE_MAX,
     },
     metrics: { enabled: e.METRICS_ENABLED, host: e.METRICS_HOST, port: e.METRICS_PORT },
     feed: {
