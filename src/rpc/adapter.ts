@@ -10,7 +10,7 @@ import {
 import type { EntityManager, MikroORM } from '@mikro-orm/postgresql';
 import { context, propagation, type Span, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
 import type { Actor } from '../domain/actor.js';
-import { DeadlineExceeded, PermissionDenied } from '../domain/errors.js';
+import { DeadlineExceeded, PermissionDenied, TooMuch } from '../domain/errors.js';
 import { SlowConsumer } from '../domain/feed/feed.errors.js';
 import type { Authenticator } from '../infra/auth/authenticator.js';
 import type { Logger } from '../infra/log/logger.js';
@@ -83,7 +83,6 @@ export class RpcAdapter {
         const entry = { method, code: status[code], ms: Math.round(ms * 100) / 100, requestId };
         endSpan(span, code);
         this.deps.metrics.unary(method, status[code], ms / 1000);
-        if (code === status.RESOURCE_EXHAUSTED) this.deps.metrics.rateLimited.inc({ method });
         if (err) this.deps.log.error({ ...entry, err }, 'rpc failed');
         else this.deps.log.info(entry, 'rpc');
       };
@@ -97,6 +96,7 @@ export class RpcAdapter {
             callback(null, res);
           },
           (err: unknown) => {
+            if (err instanceof TooMuch) this.deps.metrics.rateLimited.inc({ method });
             const { status: st, internal } = toStatus(err);
             finish(st.code, internal ? err : undefined);
             callback(st);
@@ -158,6 +158,7 @@ export class RpcAdapter {
           if (!controller.signal.aborted) call.end();
         },
         (err: unknown) => {
+          if (err instanceof TooMuch) this.deps.metrics.rateLimited.inc({ method });
           const { status: st, internal } = toStatus(err, lastToken ? { resume_token: lastToken } : {});
           endSpan(span, st.code);
           this.#logStream(method, requestId, started, sent, status[st.code], internal ? err : undefined);
@@ -170,7 +171,6 @@ export class RpcAdapter {
   #logStream(method: string, requestId: string, started: bigint, sent: number, code: string, err?: unknown): void {
     const ms = Number(process.hrtime.bigint() - started) / 1e6;
     this.deps.metrics.calls.inc({ method, code });
-    if (code === 'RESOURCE_EXHAUSTED') this.deps.metrics.rateLimited.inc({ method });
     const entry = { method, code, ms: Math.round(ms), sent, requestId };
     if (err) this.deps.log.error({ ...entry, err }, 'stream failed');
     else this.deps.log.info(entry, 'stream ended');

@@ -161,6 +161,8 @@ describe('limits and metrics', () => {
       expect(text, name).to.contain(name);
     }
     expect(sample(text, 'comms_db_pool_connections{state="total"}')).to.be.greaterThan(0);
+    // The write refused by the rate limit in the first test is counted as such.
+    expect(sample(text, 'comms_rate_limited_total{method="/comms.v1.ThreadService/CreateThread"}')).to.equal(1);
     const missing = await fetch(`http://127.0.0.1:${app.metricsPort}/other`);
     expect(missing.status).to.equal(404);
   });
