@@ -90,38 +90,24 @@ export class JobQueue {
           perJobResults: true,
           pollingIntervalSeconds: options.pollMs / 1000,
         },
-        async (batch) =>
-          Promise.all(
-            batch.map(async (job) => {
-              try {
-                await dispatcher.run(job.data.tenant, job.data.id);
-                return { id: job.id, status: 'completed' as const };
-              } catch (err) {
-                if (!(err instanceof RetryLater))
-                  log.error({ err, notificationId: job.data.id }, 'dispatch job failed');
-                return { id: job.id, status: 'failed' as const, output: { error: String(err) } };
-              }
-            }),
-          ),
+        eachJob(
+          log,
+          'dispatch job failed',
+          (data) => ({ notificationId: data.id }),
+          (data) => dispatcher.run(data.tenant, data.id),
+        ),
       );
     }
     if (options.timers) {
       await boss.work<{ tenant: string; id: string; at: string }>(
         SESSION_TIMER_QUEUE,
         { batchSize: 4, perJobResults: true, pollingIntervalSeconds: options.pollMs / 1000 },
-        async (batch) =>
-          Promise.all(
-            batch.map(async (job) => {
-              try {
-                await sessionTimer(job.data.tenant, job.data.id, new Date(job.data.at));
-                return { id: job.id, status: 'completed' as const };
-              } catch (err) {
-                if (!(err instanceof RetryLater))
-                  log.error({ err, sessionId: job.data.id }, 'session timer job failed');
-                return { id: job.id, status: 'failed' as const, output: { error: String(err) } };
-              }
-            }),
-          ),
+        eachJob(
+          log,
+          'session timer job failed',
+          (data) => ({ sessionId: data.id }),
+          (data) => sessionTimer(data.tenant, data.id, new Date(data.at)),
+        ),
       );
     }
     return queue;
@@ -142,4 +128,28 @@ export class JobQueue {
     await this.#boss.stop({ graceful: true, timeout: Math.max(timeoutMs, 1) });
     this.log.debug('job queue stopped');
   }
+}
+
+/**
+ * A batch handler that runs each job of the batch side by side and reports each one's result: completed,
+ * or failed (retried by pg-boss with backoff). RetryLater is an expected failure and is not logged.
+ */
+function eachJob<T>(
+  log: Logger,
+  failure: string,
+  ids: (data: T) => Record<string, string>,
+  run: (data: T) => Promise<void>,
+) {
+  return (batch: { id: string; data: T }[]) =>
+    Promise.all(
+      batch.map(async (job) => {
+        try {
+          await run(job.data);
+          return { id: job.id, status: 'completed' as const };
+        } catch (err) {
+          if (!(err instanceof RetryLater)) log.error({ err, ...ids(job.data) }, failure);
+          return { id: job.id, status: 'failed' as const, output: { error: String(err) } };
+        }
+      }),
+    );
 }
