@@ -43,21 +43,35 @@ export class EtagMismatch extends DomainError {
   }
 }
 
-/** At most this many field violations are reported (the rest are counted): the status travels in trailers. */
+/**
+ * At most this many field violations are reported, each text cut short, within a total budget (the rest
+ * are counted): the status travels in trailers, which a grpc-js client refuses beyond 8 KiB.
+ */
 const MAX_VIOLATIONS = 20;
+const MAX_FIELD_CHARS = 100;
+const MAX_DESCRIPTION_CHARS = 200;
+const MAX_VIOLATION_CHARS = 2000;
+
+function cut(text: string, max: number): string {
+  return text.length > max ? `${text.slice(0, max)}…` : text;
+}
 
 /** Bad input: the request is refused as a whole and nothing is changed. */
 export class InvalidArgument extends DomainError {
   readonly violations: readonly FieldViolation[];
 
   constructor(violations: readonly FieldViolation[]) {
-    const shown =
-      violations.length <= MAX_VIOLATIONS
-        ? violations
-        : [
-            ...violations.slice(0, MAX_VIOLATIONS),
-            { field: '', description: `and ${violations.length - MAX_VIOLATIONS} more violations` },
-          ];
+    const shown: FieldViolation[] = [];
+    let chars = 0;
+    for (const v of violations) {
+      const short = { field: cut(v.field, MAX_FIELD_CHARS), description: cut(v.description, MAX_DESCRIPTION_CHARS) };
+      chars += short.field.length + short.description.length;
+      if (shown.length === MAX_VIOLATIONS || chars > MAX_VIOLATION_CHARS) break;
+      shown.push(short);
+    }
+    if (shown.length < violations.length) {
+      shown.push({ field: '', description: `and ${violations.length - shown.length} more violations` });
+    }
     super('invalid_argument', 'INVALID_ARGUMENT', shown.map((v) => `${v.field}: ${v.description}`).join('; '));
     this.violations = shown;
   }
