@@ -79,6 +79,8 @@ async function main(): Promise<void> {
               clientSentAt: req.clientSentAt,
               sentAt,
               cursor: '',
+              retraction: undefined,
+              bodyPurgedAt: undefined,
             },
             replayed: false,
           }),

@@ -2,7 +2,10 @@ import { randomBytes } from 'node:crypto';
 import type { MikroORM, PostgreSqlConnection } from '@mikro-orm/postgresql';
 import type { HealthImplementation } from 'grpc-health-check';
 import { systemClock, type Clock } from './domain/clock.js';
+import { AuditLog } from './domain/audit/audit.log.js';
+import { GovernanceService } from './domain/governance/governance.service.js';
 import { MessageService } from './domain/message/message.service.js';
+import { RetentionPurge } from './infra/db/purge.js';
 import { DEFAULT_PLANS } from './domain/notification/notification.policy.js';
 import { NotificationRepository } from './domain/notification/notification.repository.js';
 import { NotificationService } from './domain/notification/notification.service.js';
@@ -50,6 +53,13 @@ export interface App {
   };
   /** The sandbox realtime provider (its `connect` plays a client joining a room with a credential). */
   readonly rooms: SandboxRoomProvider;
+  /** The access audit's writer: `flush` writes the records still pending (tests, shutdown). */
+  readonly audit: AuditLog;
+  /**
+   * The retention purge as the scheduled job runs it: every body past its tenant's retention at `now`
+   * (default: this app's clock) and not under a legal hold; returns how many were purged.
+   */
+  readonly retention: { purge(now?: Date): Promise<number> };
   /**
    * Graceful shutdown: health NOT_SERVING, keep serving for `shutdownDrainDelayMs` so load balancers
    * and clients watching health move away, end live feeds with UNAVAILABLE (after the last event each
@@ -75,7 +85,7 @@ export async function startApp(config: Config, opts: { clock?: Clock; log?: Logg
     );
     url = embedded.url;
   }
-  const orm = await openDatabase(url, config.dbPoolMax, config.dbStatementTimeoutMs);
+  const orm = await openDatabase(url, config.dbPoolMax, config.dbStatementTimeoutMs, config.governance.dbRole);
   const clock = opts.clock ?? systemClock;
   await new NotificationRepository(orm.em.fork()).saveDefaultSettings(
     { ...DEFAULT_PLANS, ...config.notify.defaultPlans },
@@ -128,6 +138,23 @@ export async function startApp(config: Config, opts: { clock?: Clock; log?: Logg
     tick: (tenantId: string, sessionId: string) => sessions.tick(timerDb(), tenantId, sessionId),
     runDue: (tenantId?: string) => sessions.runDue(timerDb(), tenantId),
   };
+  const purge = new RetentionPurge(
+    config.governance.retentionDatabaseUrl ?? url,
+    config.governance.retentionRole,
+    config.governance.purgeBatch,
+    Math.max(config.dbStatementTimeoutMs, 60_000),
+  );
+  const retention = {
+    purge: async (now?: Date) => {
+      const purged = await purge.run(now ?? clock.now());
+      let total = 0;
+      for (const [tenantId, n] of purged) {
+        log.info({ tenantId, purged: n }, 'retention purge');
+        total += n;
+      }
+      return total;
+    },
+  };
   const jobs = await JobQueue.start(
     {
       url,
@@ -148,8 +175,14 @@ export async function startApp(config: Config, opts: { clock?: Clock; log?: Logg
         throw err instanceof TimerNotDue ? new RetryLater(err.message) : err;
       }
     },
+    {
+      enabled: config.governance.purge,
+      cron: config.governance.purgeCron,
+      run: async () => void (await retention.purge()),
+    },
     log,
   );
+
   const feeds = new FeedHub(orm, log, { cacheEvents: config.feed.cacheEvents, pageSize: 200 });
   const listener = new FeedListener(
     url,
@@ -158,6 +191,15 @@ export async function startApp(config: Config, opts: { clock?: Clock; log?: Logg
     () => feeds.wakeAll(),
   );
   await listener.start();
+  const audit = new AuditLog(
+    orm,
+    {
+      enabled: config.governance.audit,
+      flushMs: config.governance.auditFlushMs,
+      bufferMax: config.governance.auditBufferMax,
+    },
+    (err, pending) => log.error({ err: String(err), pending }, 'access audit write failed; records kept'),
+  );
   const health = createHealth();
   const server = new Server(serverOptions(config.grpc));
   const metrics = new Metrics({
@@ -166,6 +208,7 @@ export async function startApp(config: Config, opts: { clock?: Clock; log?: Logg
       const pool = await (orm.em.getConnection() as PostgreSqlConnection).getNativeClient();
       return { total: pool.totalCount, idle: pool.idleCount, waiting: pool.waitingCount };
     },
+    auditPending: () => audit.pending,
   });
   const metricsServer = config.metrics.enabled
     ? await serveMetrics(metrics, config.metrics.host, config.metrics.port)
@@ -179,15 +222,22 @@ export async function startApp(config: Config, opts: { clock?: Clock; log?: Logg
     limits: new CallLimits(config.limits),
     pageSizeMax: config.limits.pageSizeMax,
     metrics,
+    audit,
   });
+  const threads = new ThreadService(clock);
   addServices(server, adapter, {
-    threads: new ThreadService(clock),
-    messages: new MessageService(clock, { bodyMaxBytes: config.limits.messageMaxBytes }),
+    threads,
+    messages: new MessageService(clock, {
+      bodyMaxBytes: config.limits.messageMaxBytes,
+      retractWindowMs: config.governance.retractWindowMs,
+    }),
+    governance: new GovernanceService(clock, threads, { exportConcurrency: config.governance.exportConcurrency }),
     receipts: new ReadReceiptService(clock, { maxIdsPerCall: config.limits.markReadMaxIds }),
     notifications,
     sessions,
     feeds,
     feedHeartbeatMs: config.feed.heartbeatMs,
+    exportStallMs: config.governance.exportStallMs,
   });
   health.addToServer(server);
   addReflection(server);
@@ -264,6 +314,8 @@ export async function startApp(config: Config, opts: { clock?: Clock; log?: Logg
           resolve();
         });
       });
+      // Every call has ended: write the audit records still pending before the pool closes.
+      await audit.close(config.shutdownGraceMs);
       // Running dispatch jobs finish (or are retried elsewhere after the grace period).
       await jobs.stop(config.shutdownGraceMs);
       sandbox.close();
@@ -275,5 +327,17 @@ export async function startApp(config: Config, opts: { clock?: Clock; log?: Logg
     })());
 
   log.info({ port, embedded: embedded !== undefined }, 'serving');
-  return { port, metricsPort: metricsServer?.port, health, orm, log, feeds, sessionTimers, rooms, shutdown };
+  return {
+    port,
+    metricsPort: metricsServer?.port,
+    health,
+    orm,
+    log,
+    feeds,
+    sessionTimers,
+    rooms,
+    audit,
+    retention,
+    shutdown,
+  };
 }

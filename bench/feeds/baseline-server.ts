@@ -92,6 +92,8 @@ function publishOne(req: PublishRequest, k: number): number {
         clientSentAt: sentAt,
         sentAt,
         cursor: '',
+        retraction: undefined,
+        bodyPurgedAt: undefined,
       },
     },
   };

@@ -267,12 +267,13 @@ export class Dispatcher {
         ? (SERVICE_TEMPLATES[intent.templateKey] ?? SERVICE_TEMPLATES.generic!)
         : KIND_TEXTS[intent.kind];
     if (!previews || intent.kind !== 'message_posted' || !intent.messageId) return base;
-    const rows: { body: string }[] = await this.orm.em
-      .fork()
-      .execute('select body from message where tenant_id = ? and message_id = ?::uuid', [
-        intent.tenantId,
-        intent.messageId,
-      ]);
+    // Never a retracted message's text; a purged body is NULL.
+    const rows: { body: string | null }[] = await this.orm.em.fork().execute(
+      `select m.body from message m
+        where m.tenant_id = ? and m.message_id = ?::uuid
+          and not exists (select 1 from message_retraction r where r.tenant_id = m.tenant_id and r.message_id = m.message_id)`,
+      [intent.tenantId, intent.messageId],
+    );
     const body = rows[0]?.body ?? '';
     return body === '' ? base : `${base}: ${[...body].slice(0, 80).join('')}`;
   }

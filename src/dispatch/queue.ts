@@ -8,6 +8,16 @@ export const DISPATCH_QUEUE = 'notification-dispatch';
 /** The queue `comms_enqueue_session_timer` writes to (see migration 20261201000000). */
 export const SESSION_TIMER_QUEUE = 'session-timer';
 
+/** The queue of the scheduled retention purge (RETENTION_PURGE_CRON). */
+export const RETENTION_QUEUE = 'retention-purge';
+
+/** The retention purge on this replica: its schedule, and what a job runs. */
+export interface RetentionJob {
+  readonly enabled: boolean;
+  readonly cron: string;
+  readonly run: () => Promise<void>;
+}
+
 /** Runs one session timer job: the session's clock-driven changes due at `at`. */
 export type SessionTimerRunner = (tenantId: string, sessionId: string, at: Date) => Promise<void>;
 
@@ -48,6 +58,7 @@ export class JobQueue {
     options: JobQueueOptions,
     dispatcher: Dispatcher,
     sessionTimer: SessionTimerRunner,
+    retention: RetentionJob,
     log: Logger,
   ): Promise<JobQueue> {
     const boss = new PgBoss({
@@ -68,10 +79,12 @@ export class JobQueue {
       heartbeatSeconds: options.heartbeatSeconds,
       expireInSeconds: 900,
     };
-    for (const name of [DISPATCH_QUEUE, SESSION_TIMER_QUEUE]) {
+    for (const name of [DISPATCH_QUEUE, SESSION_TIMER_QUEUE, RETENTION_QUEUE]) {
       try {
         if (await boss.getQueue(name)) await boss.updateQueue(name, queueOptions);
-        else await boss.createQueue(name, { ...queueOptions, policy: 'singleton' });
+        // The purge: one queued and one running at most, whatever the replicas' schedules.
+        else
+          await boss.createQueue(name, { ...queueOptions, policy: name === RETENTION_QUEUE ? 'stately' : 'singleton' });
       } catch (err) {
         // Another replica created it at the same moment.
         if (!(await boss.getQueue(name))) throw err;
@@ -110,13 +123,22 @@ export class JobQueue {
         ),
       );
     }
+    if (retention.enabled) {
+      // One schedule for the whole deployment (pg-boss keeps it in its table); any replica sends it.
+      await boss.schedule(RETENTION_QUEUE, retention.cron, {}, { tz: 'UTC' });
+      await boss.work(
+        RETENTION_QUEUE,
+        { batchSize: 1, perJobResults: true, pollingIntervalSeconds: Math.max(options.pollMs / 1000, 5) },
+        eachJob(log, 'retention purge failed', () => ({}), retention.run),
+      );
+    }
     return queue;
   }
 
   /** Jobs per queue by state, for the metrics. */
   async depth(): Promise<{ queue: string; queued: number; active: number; deferred: number }[]> {
     return Promise.all(
-      [DISPATCH_QUEUE, SESSION_TIMER_QUEUE].map(async (queue) => {
+      [DISPATCH_QUEUE, SESSION_TIMER_QUEUE, RETENTION_QUEUE].map(async (queue) => {
         const q = await this.#boss.getQueue(queue);
         return { queue, queued: q?.queuedCount ?? 0, active: q?.activeCount ?? 0, deferred: q?.deferredCount ?? 0 };
       }),

@@ -11,6 +11,15 @@ export interface Prepared<S, E = FeedEvent> {
 /** Reads what every subscriber of a stream shares for a batch of its events (the message posted, …). */
 export type Prepare<S> = (em: EntityManager, tenantId: string, events: readonly FeedEvent[]) => Promise<Prepared<S>[]>;
 
+/**
+ * How a newly read event changes an older cached one (a retraction hides the cached message's body):
+ * the replacement, or undefined to keep it.
+ */
+export type Revise<S> = (cached: Prepared<S>, fresh: Prepared<S>) => Prepared<S> | undefined;
+
+/** Cached events older than this are read from the log again (a purge may have changed them since). */
+const CACHE_MAX_AGE_MS = 3_600_000;
+
 export interface HubOptions {
   /** Events each stream keeps prepared in memory for subscribers that are (nearly) live. */
   readonly cacheEvents: number;
@@ -98,6 +107,7 @@ export class Tail<S> {
   #dirty = false;
   #running = false;
   #prepare: Prepare<S> | undefined;
+  #revise: Revise<S> | undefined;
   /** An inbox: no shared reads, wake-ups only. */
   #wakeOnly = false;
 
@@ -112,9 +122,10 @@ export class Tail<S> {
    * A sequence-numbered stream's head as a subscriber read it after joining: everything after it is the
    * tail's to read and prepare with `prepare`.
    */
-  start(head: number, prepare: Prepare<S>): void {
+  start(head: number, prepare: Prepare<S>, revise?: Revise<S>): void {
     if (this.#loaded !== undefined) return;
     this.#prepare = prepare;
+    this.#revise = revise;
     this.#loaded = head;
     if (this.#dirty) this.wake();
   }
@@ -143,12 +154,23 @@ export class Tail<S> {
     if (this.#loaded === undefined || cursor >= this.#loaded) return [];
     const first = this.#cache[0]?.event.seq;
     if (first === undefined || cursor + 1 < first) return undefined;
-    return this.#cache.slice(cursor + 1 - first);
+    const out = this.#cache.slice(cursor + 1 - first);
+    if (out[0] && Date.now() - out[0].event.occurredAt.getTime() > CACHE_MAX_AGE_MS) return undefined;
+    return out;
   }
 
   leave(sub: Subscription<S>): void {
     this.subscribers.delete(sub);
     if (this.subscribers.size === 0) this.drop();
+  }
+
+  #reviseCache(fresh: readonly Prepared<S>[], revise: Revise<S>): void {
+    for (const f of fresh) {
+      for (let i = 0; i < this.#cache.length; i++) {
+        const replaced = revise(this.#cache[i]!, f);
+        if (replaced) this.#cache[i] = replaced;
+      }
+    }
   }
 
   async #refresh(): Promise<void> {
@@ -162,6 +184,7 @@ export class Tail<S> {
         if (events.length === 0) continue;
         const prepared = await this.#prepare!(em, this.tenantId, events);
         if (events[0]!.seq !== this.#loaded! + 1) this.#cache = []; // pruned past us: keep the cache contiguous
+        if (this.#revise) this.#reviseCache(prepared, this.#revise);
         this.#cache.push(...prepared);
         if (this.#cache.length > cacheEvents) this.#cache.splice(0, this.#cache.length - cacheEvents);
         this.#loaded = events.at(-1)!.seq;

@@ -1,7 +1,7 @@
 import { ResyncRequired } from '../domain/feed/feed.errors.js';
 import { type FeedEvent, FeedRepository, type InboxEvent, type InboxPosition } from '../domain/feed/feed.repository.js';
 import { decodeResumeToken, encodeResumeToken } from '../domain/feed/feed.token.js';
-import type { FeedHub, Prepare, Prepared, Subscription } from './hub.js';
+import type { FeedHub, Prepare, Prepared, Revise, Subscription } from './hub.js';
 import type { FeedLog } from './watch.js';
 
 /**
@@ -14,13 +14,14 @@ export function seqLog<S>(
   stream: string,
   prepare: Prepare<S>,
   sub: Subscription<S>,
+  revise?: Revise<S>,
 ): FeedLog<S, FeedEvent, number> {
   return {
     async open(resumeToken) {
       const raw = decodeResumeToken(resumeToken, stream, /^\d{1,15}$/);
       const start = raw === undefined ? undefined : Number(raw);
       const { head, prunedThrough } = await new FeedRepository(hub.fork()).head(tenantId, stream);
-      sub.tail.start(head, prepare);
+      sub.tail.start(head, prepare, revise);
       if (start !== undefined && start > head) throw new ResyncRequired('the token is not from this feed');
       if (start !== undefined && start < prunedThrough) throw new ResyncRequired('events after the token were pruned');
       return { cursor: start ?? head, end: head };

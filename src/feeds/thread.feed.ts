@@ -19,7 +19,7 @@ import { type FeedOutput, watch } from './watch.js';
 
 /** What a thread feed delivers. */
 export type ThreadFeedItem =
-  | { readonly kind: 'message_posted'; readonly message: MessageRecord }
+  | { readonly kind: 'message_posted' | 'message_retracted'; readonly message: MessageRecord }
   | {
       readonly kind: 'receipts_updated';
       readonly receipts: readonly ReceiptRecord[];
@@ -30,17 +30,22 @@ export type ThreadFeedItem =
 /** What every subscriber shares; a thread change gets each subscriber's read state added. */
 type Shared = ThreadFeedItem;
 
-/** Reads the messages and receipts of a batch once, for every subscriber of the thread. */
+/**
+ * Reads the messages and receipts of a batch once, for every subscriber of the thread. A message is
+ * read as it is now, so a replay of a message retracted or purged since shows it so.
+ */
 async function prepare(em: EntityManager, tenantId: string, events: readonly FeedEvent[]): Promise<Prepared<Shared>[]> {
-  const posted = events.filter((e) => e.kind === 'message_posted').map((e) => e.messageId!);
-  const messages = new Map((await new MessageRepository(em).findByIds(tenantId, posted)).map((m) => [m.messageId, m]));
+  const ids = events
+    .filter((e) => e.kind === 'message_posted' || e.kind === 'message_retracted')
+    .map((e) => e.messageId!);
+  const messages = new Map((await new MessageRepository(em).findByIds(tenantId, ids)).map((m) => [m.messageId, m]));
   const receipts = new ReadReceiptRepository(em);
   const out: Prepared<Shared>[] = [];
   for (const event of events) {
-    if (event.kind === 'message_posted') {
+    if (event.kind === 'message_posted' || event.kind === 'message_retracted') {
       const message = messages.get(event.messageId!);
       if (!message) throw new Error(`feed event ${event.stream}#${event.seq}: message ${event.messageId} missing`);
-      out.push({ event, shared: { kind: 'message_posted', message } });
+      out.push({ event, shared: { kind: event.kind, message } });
     } else if (event.kind === 'receipts_updated') {
       const userId = event.userId!;
       const [rows, [watermark]] = await Promise.all([
@@ -60,6 +65,16 @@ async function prepare(em: EntityManager, tenantId: string, events: readonly Fee
   return out;
 }
 
+/**
+ * A retraction also rewrites what the replica's cache holds of the message, so a subscriber resuming
+ * from before the post gets the retracted view from the cache as it would from the log.
+ */
+function retractedInCache(cached: Prepared<Shared>, fresh: Prepared<Shared>): Prepared<Shared> | undefined {
+  if (fresh.shared.kind !== 'message_retracted' || cached.shared.kind !== 'message_posted') return undefined;
+  if (cached.shared.message.messageId !== fresh.shared.message.messageId) return undefined;
+  return { event: cached.event, shared: { kind: 'message_posted', message: fresh.shared.message } };
+}
+
 /** WatchThread: the thread's messages, receipts and changes, for those who may see the thread. */
 export async function watchThread(
   hub: FeedHub,
@@ -75,7 +90,7 @@ export async function watchThread(
     hub,
     tenantId: actor.tenantId,
     stream,
-    log: (sub) => seqLog(hub, actor.tenantId, stream, prepare, sub),
+    log: (sub) => seqLog(hub, actor.tenantId, stream, prepare, sub, retractedInCache),
     resumeToken: input.resumeToken,
     present: async (em, batch) => {
       const out = [];

@@ -9,7 +9,8 @@ import {
 } from '@grpc/grpc-js';
 import type { EntityManager, MikroORM } from '@mikro-orm/postgresql';
 import { context, propagation, type Span, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
-import type { Actor } from '../domain/actor.js';
+import { type Actor, hasPermission } from '../domain/actor.js';
+import type { AuditLog, AuditTarget } from '../domain/audit/audit.log.js';
 import { DeadlineExceeded, PermissionDenied, TooMuch } from '../domain/errors.js';
 import { SlowConsumer } from '../domain/feed/feed.errors.js';
 import type { Authenticator } from '../infra/auth/authenticator.js';
@@ -36,6 +37,11 @@ export interface CallContext {
   readonly requestId: string;
   /** When the caller's token expires (a stream must end then). */
   readonly expiresAt: Date;
+  /**
+   * Records, in the access audit, message content this call reads (writes are recorded by the adapter
+   * once they succeed). Throws UNAVAILABLE when the audit can take no more: hand nothing out then.
+   */
+  readonly audit: (target: AuditTarget) => void;
 }
 
 /** A unary handler: decode → domain → encode, nothing else. */
@@ -58,6 +64,8 @@ export interface AdapterDeps {
   /** PAGE_SIZE_MAX (0: the contract's maxima). */
   readonly pageSizeMax: number;
   readonly metrics: Metrics;
+  /** The access audit: every write that succeeds, and what handlers report they read. */
+  readonly audit: AuditLog;
 }
 
 /**
@@ -120,6 +128,8 @@ export class RpcAdapter {
     resumeTokenOf: (res: Res) => string,
     /** When the event a response carries was committed (undefined for markers): the feed-lag metric. */
     committedAtOf: (res: Res) => Date | undefined = () => undefined,
+    /** How long this method's client may take no data before the stream ends (default `streamStallMs`). */
+    stallMs = this.deps.streamStallMs,
   ): UntypedHandleCall {
     const policy = policyOf(method);
     return (call: ServerWritableStream<Req, Res>) => {
@@ -131,7 +141,7 @@ export class RpcAdapter {
       let sent = 0;
       const span = startSpan(method, call.metadata, requestId);
       const run = async () => {
-        const ctx = await this.#context(call, controller.signal, requestId);
+        const ctx = await this.#context(call, controller.signal, requestId, method);
         gate(policy, ctx.actor, method);
         checkRequest(call.request);
         const release = this.deps.limits.openStream(ctx.actor);
@@ -144,7 +154,7 @@ export class RpcAdapter {
             sent++;
             const committedAt = committedAtOf(res);
             if (committedAt) this.deps.metrics.feedLag.observe({ method }, (Date.now() - committedAt.getTime()) / 1000);
-            if (!accepted) await drained(call, controller.signal, this.deps.streamStallMs);
+            if (!accepted) await drained(call, controller.signal, stallMs);
           }
         } finally {
           this.deps.metrics.streams.dec({ method });
@@ -184,12 +194,18 @@ export class RpcAdapter {
     signal: AbortSignal,
     requestId: string,
   ): Promise<Res> {
-    const ctx = await this.#context(call, signal, requestId);
+    const ctx = await this.#context(call, signal, requestId, method);
     gate(policy, ctx.actor, method);
     checkRequest(call.request);
     capPageSize(call.request, this.deps.pageSizeMax);
     if (policy.write) await this.deps.limits.write(ctx.actor, method);
-    return handler(call.request, ctx);
+    const res = await handler(call.request, ctx);
+    if (policy.write) {
+      for (const target of writeTargets(call.request, res)) {
+        this.deps.audit.write({ actor: ctx.actor, method, requestId }, target);
+      }
+    }
+    return res;
   }
 
   /** Authenticates the call and builds its context. */
@@ -197,6 +213,7 @@ export class RpcAdapter {
     call: Pick<ServerUnaryCall<unknown, unknown>, 'metadata' | 'getDeadline'>,
     signal: AbortSignal,
     requestId: string,
+    method: string,
   ): Promise<CallContext> {
     const raw = call.getDeadline();
     const deadline = raw instanceof Date ? raw : Number.isFinite(raw) ? new Date(raw) : undefined;
@@ -204,7 +221,7 @@ export class RpcAdapter {
       throw new DeadlineExceeded();
     }
     const { actor, expiresAt } = await this.deps.auth.authenticate(authorizationOf(call.metadata));
-    const { orm } = this.deps;
+    const { orm, audit } = this.deps;
     let em: EntityManager | undefined;
     return {
       actor,
@@ -217,8 +234,57 @@ export class RpcAdapter {
       signal,
       requestId,
       expiresAt,
+      audit: (target) => audit.read({ actor, method, requestId }, target),
     };
   }
+}
+
+/**
+ * What a successful write was about, for its audit records: the thread, the messages and any other
+ * resource named by the request or the response (ids only; the audit never holds content). A write
+ * whose receipts span threads (MarkRead) gets one record per thread.
+ */
+function writeTargets(req: unknown, res: unknown): AuditTarget[] {
+  const receipts = (res as { receipts?: unknown } | undefined)?.receipts;
+  if (Array.isArray(receipts) && receipts.length > 0) {
+    const byThread = new Map<string, { messageId: string }[]>();
+    for (const r of receipts as { messageId: string; threadId: string }[]) {
+      let list = byThread.get(r.threadId);
+      if (!list) byThread.set(r.threadId, (list = []));
+      list.push({ messageId: r.messageId });
+    }
+    return [...byThread].map(([threadId, messages]) => ({ threadId, messages }));
+  }
+  return [writeTarget(req, res)];
+}
+
+function writeTarget(req: unknown, res: unknown): AuditTarget {
+  const q = (req ?? {}) as Record<string, unknown>;
+  const r = (res ?? {}) as Record<string, Record<string, unknown> | undefined>;
+  const text = (v: unknown) => (typeof v === 'string' && v !== '' ? v : undefined);
+  // A legal hold names its thread or its patient.
+  const held = r.hold?.target as { $case?: string; value?: string } | undefined;
+  const threadId =
+    text(q.threadId) ??
+    text(r.message?.threadId) ??
+    text(r.thread?.threadId) ??
+    text(r.watermark?.threadId) ??
+    (held?.$case === 'threadId' ? text(held.value) : undefined);
+  const ids = new Set<string>();
+  for (const id of [...(Array.isArray(q.messageIds) ? q.messageIds : []), q.messageId, r.message?.messageId]) {
+    if (text(id)) ids.add(id as string);
+  }
+  const named: [string, unknown][] = [
+    ['session', q.sessionId ?? r.session?.sessionId],
+    ['notification', q.notificationId ?? r.notification?.notificationId],
+    ['hold', q.holdId ?? r.hold?.holdId],
+    ['user', q.userId ?? q.recipientUserId ?? (held?.$case === 'patientUserId' ? held.value : undefined)],
+  ];
+  const resource = named
+    .filter(([, id]) => text(id))
+    .map(([kind, id]) => `${kind}:${id as string}`)
+    .join(' ');
+  return { threadId, resource: resource || undefined, messages: [...ids].map((messageId) => ({ messageId })) };
 }
 
 const tracer = trace.getTracer('comms');
@@ -257,10 +323,22 @@ function endSpan(span: Span, code: status): void {
   span.end();
 }
 
-/** Refuses, before the handler runs, a caller whose roles the method's policy never allows (`gate`). */
+/**
+ * Refuses, before the handler runs, a caller whose roles the method's policy never allows (`gate`), and
+ * one without the governance permission the method needs.
+ */
 function gate(policy: RpcPolicy, actor: Actor, method: string): void {
   if (policy.gate && !policy.roles.some((role) => actor.roles.has(role))) {
     throw new PermissionDenied('ROLE_NOT_ALLOWED', `${method} is for ${policy.rule}`, { method });
+  }
+  const needed = policy.permission;
+  if (!needed) return;
+  if (needed.service && actor.roles.has('service')) return;
+  if (!hasPermission(actor, needed.name)) {
+    throw new PermissionDenied('PERMISSION_REQUIRED', `${method} needs the permission ${needed.name}`, {
+      method,
+      permission: needed.name,
+    });
   }
 }
 

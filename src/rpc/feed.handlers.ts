@@ -42,7 +42,13 @@ export function feedHandlers(
       resumeToken: req.resumeToken,
       heartbeatMs,
     });
-    for await (const out of feed) yield mapped(out, threadFeedToPb);
+    for await (const out of feed) {
+      // Message content reaches this caller: the audit hears of it first (and may refuse).
+      if (out.type === 'event' && (out.item.kind === 'message_posted' || out.item.kind === 'message_retracted')) {
+        ctx.audit({ threadId: out.item.message.threadId, messages: [out.item.message] });
+      }
+      yield mapped(out, threadFeedToPb);
+    }
   };
 
   const watchInboxHandler: StreamHandler<WatchInboxRequest, WatchInboxResponse> = async function* (req, ctx) {

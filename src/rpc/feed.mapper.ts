@@ -24,6 +24,9 @@ export function threadFeedToPb(out: FeedOutput<ThreadFeedItem>): WatchThreadResp
     case 'message_posted':
       event = { $case: 'messagePosted', value: messageToPb(item.message) };
       break;
+    case 'message_retracted':
+      event = { $case: 'messageRetracted', value: messageToPb(item.message) };
+      break;
     case 'receipts_updated':
       event = {
         $case: 'receiptsUpdated',

@@ -3,6 +3,8 @@ import type {
   GetMessageResponse,
   ListMessagesRequest,
   ListMessagesResponse,
+  RetractMessageRequest,
+  RetractMessageResponse,
   SendMessageRequest,
   SendMessageResponse,
 } from '../../gen/comms/v1/message.js';
@@ -31,9 +33,11 @@ export function messageHandlers(messages: MessageService) {
     return { message: messageToPb(message), replayed };
   };
 
-  const getMessage: UnaryHandler<GetMessageRequest, GetMessageResponse> = async (req, ctx) => ({
-    message: messageToPb(await messages.get(ctx.actor, ctx, req.messageId)),
-  });
+  const getMessage: UnaryHandler<GetMessageRequest, GetMessageResponse> = async (req, ctx) => {
+    const message = await messages.get(ctx.actor, ctx, req.messageId);
+    ctx.audit({ threadId: message.threadId, messages: [message] });
+    return { message: messageToPb(message) };
+  };
 
   const listMessages: UnaryHandler<ListMessagesRequest, ListMessagesResponse> = async (req, ctx) => {
     const page = await messages.list(ctx.actor, ctx, {
@@ -43,15 +47,24 @@ export function messageHandlers(messages: MessageService) {
       direction: directionFromPb(req.direction),
       cursor: req.cursor,
     });
+    ctx.audit({ threadId: req.threadId, messages: page.messages });
     return {
-      messages: page.messages.map(messageToPb),
+      messages: page.messages.map((m) => messageToPb(m)),
       nextPageToken: page.nextPageToken,
       latest: page.latest,
       asOf: page.asOf,
     };
   };
 
-  return { sendMessage, getMessage, listMessages };
+  const retractMessage: UnaryHandler<RetractMessageRequest, RetractMessageResponse> = async (req, ctx) => {
+    const { message, replayed } = await messages.retract(ctx.actor, ctx, {
+      messageId: req.messageId,
+      reason: req.reason,
+    });
+    return { message: messageToPb(message), replayed };
+  };
+
+  return { sendMessage, getMessage, listMessages, retractMessage };
 }
 
 /** ReadReceiptService handlers. */

@@ -7,13 +7,19 @@ import { encodeCursor } from '../domain/message/message.cursor.js';
 import type { MessageRecord } from '../domain/message/message.repository.js';
 import type { ReceiptRecord, WatermarkRecord } from '../domain/read-receipt/read-receipt.repository.js';
 
-/** Domain message → proto Message. */
-export function messageToPb(m: MessageRecord): PbMessage {
+/**
+ * Domain message → proto Message. Readers never get a retracted message's body (`original` is for the
+ * audit path, GetAuditedMessage); a purged body is gone for everyone.
+ */
+export function messageToPb(m: MessageRecord, original = false): PbMessage {
+  const r = m.retraction;
   return {
     messageId: m.messageId,
     threadId: m.threadId,
     senderUserId: m.senderUserId,
-    body: m.body,
+    body: (r && !original) || m.purgedAt ? '' : (m.body ?? ''),
+    retraction: r && { retractedByUserId: r.retractedBy, retractedAt: r.retractedAt, byModerator: r.byModerator },
+    bodyPurgedAt: m.purgedAt ?? undefined,
     clientMutationId: m.clientMutationId,
     clientSentAt: m.clientSentAt ?? undefined,
     sentAt: m.sentAt,

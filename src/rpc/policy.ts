@@ -1,4 +1,4 @@
-import type { Role } from '../domain/actor.js';
+import type { Permission, Role } from '../domain/actor.js';
 
 /** Who may call an RPC, and whether it writes. */
 export interface RpcPolicy {
@@ -19,6 +19,11 @@ export interface RpcPolicy {
   readonly write: boolean;
   /** The rule in words, as the proto states it. */
   readonly rule: string;
+  /**
+   * A governance permission the token must also carry (claim `permissions`): staff need it; service
+   * callers need it unless `service` is true. Checked with the gate, before the handler runs.
+   */
+  readonly permission?: { readonly name: Permission; readonly service: boolean };
 }
 
 const ALL: readonly Role[] = ['patient', 'provider', 'staff', 'service'];
@@ -185,6 +190,68 @@ export const RPC_POLICY: Readonly<Record<string, RpcPolicy>> = {
     gate: false,
     write: false,
     rule: 'providers of the session; staff, service',
+  },
+  '/comms.v1.MessageService/RetractMessage': {
+    roles: ALL,
+    gate: false,
+    write: true,
+    rule: 'the sender within the retraction window; staff with messages.moderate',
+  },
+  '/comms.v1.GovernanceService/QueryAudit': {
+    roles: ['staff', 'service'],
+    gate: true,
+    write: false,
+    rule: 'staff with audit.read; service',
+    permission: { name: 'audit.read', service: true },
+  },
+  '/comms.v1.GovernanceService/GetAuditedMessage': {
+    roles: ['staff', 'service'],
+    gate: true,
+    write: false,
+    rule: 'staff with audit.read; service',
+    permission: { name: 'audit.read', service: true },
+  },
+  '/comms.v1.GovernanceService/GetRetentionPolicy': {
+    roles: ['staff', 'service'],
+    gate: true,
+    write: false,
+    rule: 'staff with retention.manage; service',
+    permission: { name: 'retention.manage', service: true },
+  },
+  '/comms.v1.GovernanceService/UpdateRetentionPolicy': {
+    roles: ['staff'],
+    gate: true,
+    write: true,
+    rule: 'staff with retention.manage',
+    permission: { name: 'retention.manage', service: false },
+  },
+  '/comms.v1.GovernanceService/PlaceLegalHold': {
+    roles: ['staff'],
+    gate: true,
+    write: true,
+    rule: 'staff with holds.manage',
+    permission: { name: 'holds.manage', service: false },
+  },
+  '/comms.v1.GovernanceService/ReleaseLegalHold': {
+    roles: ['staff'],
+    gate: true,
+    write: true,
+    rule: 'staff with holds.manage',
+    permission: { name: 'holds.manage', service: false },
+  },
+  '/comms.v1.GovernanceService/ListLegalHolds': {
+    roles: ['staff'],
+    gate: true,
+    write: false,
+    rule: 'staff with holds.manage',
+    permission: { name: 'holds.manage', service: false },
+  },
+  '/comms.v1.GovernanceService/ExportThread': {
+    roles: ['staff', 'service'],
+    gate: true,
+    write: false,
+    rule: 'staff with records.export; service',
+    permission: { name: 'records.export', service: true },
   },
 };
 

@@ -11,11 +11,13 @@ import { loadFileDescriptorSetFromBuffer, loadSync } from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation, protoPath as healthProtoPath } from 'grpc-health-check';
 import { FeedServiceService } from '../../gen/comms/v1/feed.js';
+import { GovernanceServiceService } from '../../gen/comms/v1/governance.js';
 import { MessageServiceService } from '../../gen/comms/v1/message.js';
 import { NotificationServiceService } from '../../gen/comms/v1/notification.js';
 import { ReadReceiptServiceService } from '../../gen/comms/v1/read_receipt.js';
 import { VirtualSessionServiceService } from '../../gen/comms/v1/session.js';
 import { ThreadServiceService } from '../../gen/comms/v1/thread.js';
+import type { GovernanceService } from '../domain/governance/governance.service.js';
 import type { MessageService } from '../domain/message/message.service.js';
 import type { NotificationService } from '../domain/notification/notification.service.js';
 import type { ReadReceiptService } from '../domain/read-receipt/read-receipt.service.js';
@@ -25,6 +27,7 @@ import type { Config } from '../infra/config/config.js';
 import type { FeedHub } from '../feeds/hub.js';
 import type { RpcAdapter, StreamHandler, UnaryHandler } from './adapter.js';
 import { feedHandlers } from './feed.handlers.js';
+import { governanceHandlers } from './governance.handlers.js';
 import { messageHandlers, readReceiptHandlers } from './message.handlers.js';
 import { notificationHandlers } from './notification.handlers.js';
 import { unpooled } from '../domain/db.js';
@@ -43,6 +46,7 @@ const SERVICES = [
   { name: 'comms.v1.FeedService', definition: FeedServiceService },
   { name: 'comms.v1.NotificationService', definition: NotificationServiceService },
   { name: 'comms.v1.VirtualSessionService', definition: VirtualSessionServiceService },
+  { name: 'comms.v1.GovernanceService', definition: GovernanceServiceService },
 ] as const;
 
 export const SERVICE_NAMES: readonly string[] = SERVICES.map((s) => s.name);
@@ -72,8 +76,11 @@ export interface Domain {
   readonly receipts: ReadReceiptService;
   readonly notifications: NotificationService;
   readonly sessions: SessionService;
+  readonly governance: GovernanceService;
   readonly feeds: FeedHub;
   readonly feedHeartbeatMs: number;
+  /** How long an export's client may take no data (EXPORT_STALL_MS): records systems write as they read. */
+  readonly exportStallMs: number;
 }
 
 /** Adds every comms.v1 service to `server`. */
@@ -87,6 +94,7 @@ export function addServices(server: Server, adapter: RpcAdapter, domain: Domain)
     }),
     'comms.v1.NotificationService': notificationHandlers(domain.notifications),
     'comms.v1.VirtualSessionService': sessionHandlers(domain.sessions),
+    'comms.v1.GovernanceService': governanceHandlers(domain.governance),
   } as Record<string, Record<string, UnaryHandler<never, unknown> | StreamHandler<never, unknown>>>;
   for (const { name, definition } of SERVICES) {
     const impl: UntypedServiceImplementation = {};
@@ -95,13 +103,14 @@ export function addServices(server: Server, adapter: RpcAdapter, domain: Domain)
       // Every method of the contract is served: a missing handler is a bug, caught at start.
       if (!handler) throw new Error(`no handler for ${def.path}`);
       if (def.responseStream) {
-        // Every streaming response of comms.v1 carries a resume_token.
-        type FeedResponse = { resumeToken: string; occurredAt?: Date; event?: { $case: string } };
+        // Feed responses carry a resume_token; an export's items do not.
+        type FeedResponse = { resumeToken?: string; occurredAt?: Date; event?: { $case: string } };
         impl[method] = adapter.serverStream(
           def.path,
           handler as StreamHandler<unknown, FeedResponse>,
-          (res) => res.resumeToken,
+          (res) => res.resumeToken ?? '',
           (res) => (res.event?.$case === 'caughtUp' || res.event?.$case === 'heartbeat' ? undefined : res.occurredAt),
+          name === 'comms.v1.GovernanceService' ? domain.exportStallMs : undefined,
         );
       } else impl[method] = adapter.unary(def.path, handler as UnaryHandler<unknown, unknown>);
     }

@@ -94,6 +94,22 @@ describe('NotificationService: intents of posted messages', () => {
     expect(sends.map((r) => r.text)).to.deep.equal(['You have a new secure message: your results are ready']);
   });
 
+  it('never previews a message retracted before its push went out', async () => {
+    const { tenant, provider, patient, thread } = await twoPartyThread(threads);
+    // The push waits a moment, so the retraction lands first.
+    await tenantPlans(tenant, {
+      ...DEFAULT_PLANS,
+      message_posted: [{ channel: 'push', delay_ms: 1500, condition: 'always' }],
+    });
+    await db().query('update notification_settings set previews = true where tenant_id = $1', [tenant]);
+    const sent = await send(messages, provider, thread.threadId, 'sent to the wrong patient');
+    await call(messages, messages.retractMessage, { messageId: sent.message!.messageId, reason: 'wrong' }, provider.md);
+    const [intent] = await listAll(notifications, patient);
+    await waitForNotification(notifications, patient, intent!.notificationId);
+    const sends = await sandboxSends(tenant);
+    expect(sends.map((r) => r.text)).to.deep.equal(['You have a new secure message']);
+  });
+
   it('a posted message yields one intent for the other participant, dispatched through the sandbox', async () => {
     const { tenant, provider, patient, thread } = await twoPartyThread(threads);
     await tenantPlans(tenant, DEFAULT_PLANS);

@@ -66,6 +66,8 @@ function edit(claims: JWTPayload, set: Record<string, unknown>, ...drop: string[
  */
 let fingerprintSql: string | undefined;
 async function tenantFingerprint(tenantId: string): Promise<Record<string, string>> {
+  // Audit records reach the database a moment after their call: write what is pending first.
+  await env.app.audit.flush();
   if (!fingerprintSql) {
     const { rows } = await db().query<{ table_name: string }>(
       `select c.table_name

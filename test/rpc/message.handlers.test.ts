@@ -76,8 +76,13 @@ describe('MessageService over gRPC', () => {
   const sendRaw = (user: TestUser, req: SendMessageRequest) => call(messages, messages.sendMessage, req, user.md);
   const getMessage = (user: TestUser, messageId: string) => call(messages, messages.getMessage, { messageId }, user.md);
 
-  it('has no update or delete RPC: the service is SendMessage, GetMessage and ListMessages', () => {
-    expect(Object.keys(MessageServiceService)).to.have.members(['sendMessage', 'getMessage', 'listMessages']);
+  it('has no update or delete RPC: Send, Get, List, and RetractMessage (which appends a retraction)', () => {
+    expect(Object.keys(MessageServiceService)).to.have.members([
+      'sendMessage',
+      'getMessage',
+      'listMessages',
+      'retractMessage',
+    ]);
   });
 
   describe('SendMessage', () => {

@@ -1,5 +1,12 @@
 import { status } from '@grpc/grpc-js';
 import { expect } from 'chai';
+import {
+  AuditAction,
+  type AuditRecord,
+  type ExportThreadResponse,
+  type LegalHold,
+  type RetentionPolicy,
+} from '../../gen/comms/v1/governance.js';
 import { ListDirection, type Message } from '../../gen/comms/v1/message.js';
 import {
   Channel,
@@ -16,9 +23,10 @@ import {
   VirtualSession,
 } from '../../gen/comms/v1/session.js';
 import { EscalationLevel, ParticipantRole, type Thread, ThreadState } from '../../gen/comms/v1/thread.js';
-import { type Role, ROLES } from '../../src/domain/actor.js';
+import { type Permission, PERMISSIONS, type Role, ROLES } from '../../src/domain/actor.js';
 import { RPC_POLICY } from '../../src/rpc/policy.js';
-import { errorDetails, newTenant, newUser } from '../support/clients.js';
+import { errorDetails, newTenant, newUserWith } from '../support/clients.js';
+import { env } from '../support/hooks.js';
 import { newKey } from '../support/messages.js';
 import {
   METHODS,
@@ -36,6 +44,9 @@ import { newUserId, participant } from '../support/threads.js';
 // Issue 8: the role × RPC matrix, generated from the one access-policy table (src/rpc/policy.ts) and
 // checked against the running service. Every cell is a fresh tenant in which a fresh caller holding
 // exactly one role takes part in the resource the call is about; the test titles are the documentation.
+// Issue 9: entries may also name a governance permission (claim `permissions`) that staff need and
+// service callers may be exempt from; the matrix gives each caller the entry's permission (but a
+// service caller an entry exempts), and checks staff without it apart.
 
 const MINUTE = 60_000;
 
@@ -52,12 +63,18 @@ interface CellSpec {
   readonly refusedWith?: string;
   /** What an allowed caller's (first) response says, checked precisely. */
   check?(res: never, s: PolicyScene): void;
+  /**
+   * Every request field is optional: an empty request from a caller past the gate is a valid one and
+   * succeeds (for gate entries, whose empty requests are otherwise refused by validation).
+   */
+  readonly emptyIsValid?: boolean;
 }
 
 const thread = (s: PolicyScene): Thread => s.thread!;
 const message = (s: PolicyScene): Message => s.message!;
 const session = (s: PolicyScene): VirtualSession => s.session!;
 const notification = (s: PolicyScene): Notification => s.notification!;
+const hold = (s: PolicyScene): LegalHold => s.hold!;
 const governs = (role: Role) => role !== 'patient';
 const participantState = (res: { participant?: VirtualParticipant }) => res.participant?.admitState;
 
@@ -140,6 +157,19 @@ const CELLS: Readonly<Record<string, CellSpec>> = {
     request: (s) => ({ threadId: thread(s).threadId, direction: ListDirection.LIST_DIRECTION_BACKWARD }),
     check: (res: { messages: Message[] }, s) =>
       expect(res.messages.map((m) => m.messageId)).to.deep.equal([message(s).messageId]),
+  },
+  '/comms.v1.MessageService/RetractMessage': {
+    // Every role that posts retracts its own message within the window (staff and service take part as
+    // CARE_STAFF, as for SendMessage); anyone else's message is the aggregate's decision (NOT_SENDER,
+    // or a moderator's), not the matrix's.
+    needs: { ownMessage: true },
+    request: (s) => ({ messageId: s.ownMessage!.messageId, reason: 'sent to the wrong thread' }),
+    check: (res: { message: Message; replayed: boolean }, s) => {
+      expect(res.replayed).to.equal(false);
+      expect(res.message.messageId).to.equal(s.ownMessage!.messageId);
+      expect(res.message.body).to.equal('');
+      expect(res.message.retraction).to.include({ retractedByUserId: s.caller.userId, byModerator: false });
+    },
   },
 
   // ---- ReadReceiptService ----
@@ -350,7 +380,104 @@ const CELLS: Readonly<Record<string, CellSpec>> = {
     check: (res: { events: { reasonCode: string }[] }) =>
       expect(res.events.map((e) => e.reasonCode)).to.deep.equal(['CREATED_OPEN', 'INVITED', 'INVITED', 'INVITED']),
   },
+
+  // ---- GovernanceService (the caller governs the tenant: taking part is not what lets it in) ----
+  '/comms.v1.GovernanceService/QueryAudit': {
+    needs: { message: true },
+    request: (s) => ({ threadId: thread(s).threadId }),
+    emptyIsValid: true,
+    // The scene's writes, newest first: the owner's SendMessage, then its CreateThread. No bodies.
+    check: (res: { records: AuditRecord[] }, s) => {
+      expect(res.records.map((r) => [r.method, r.actorUserId, r.action, r.messageIds])).to.deep.equal([
+        [
+          '/comms.v1.MessageService/SendMessage',
+          s.owner.userId,
+          AuditAction.AUDIT_ACTION_WRITE,
+          [message(s).messageId],
+        ],
+        ['/comms.v1.ThreadService/CreateThread', s.owner.userId, AuditAction.AUDIT_ACTION_WRITE, []],
+      ]);
+      expect(JSON.stringify(res)).to.not.include(message(s).body);
+    },
+  },
+  '/comms.v1.GovernanceService/GetAuditedMessage': {
+    needs: { message: true },
+    request: (s) => ({ messageId: message(s).messageId }),
+    check: (res: { message: Message; retractionReason: string }, s) => {
+      expect(res.message).to.include({ messageId: message(s).messageId, body: 'Your results are in' });
+      expect(res.retractionReason).to.equal('');
+    },
+  },
+  '/comms.v1.GovernanceService/GetRetentionPolicy': {
+    needs: {},
+    request: () => ({}),
+    emptyIsValid: true,
+    // A tenant that never set a policy keeps bodies for ever.
+    check: (res: { policy: RetentionPolicy }) =>
+      expect(res.policy).to.include({ bodyRetentionDays: 0, etag: '', updatedByUserId: '' }),
+  },
+  '/comms.v1.GovernanceService/UpdateRetentionPolicy': {
+    needs: {},
+    request: () => ({ bodyRetentionDays: 30 }),
+    // Zero days (keep for ever) and no etag (overwrite) make a valid empty request.
+    emptyIsValid: true,
+    check: (res: { policy: RetentionPolicy }, s) => {
+      expect(res.policy).to.include({ bodyRetentionDays: 30, updatedByUserId: s.caller.userId });
+      expect(res.policy.etag).to.not.equal('');
+    },
+  },
+  '/comms.v1.GovernanceService/PlaceLegalHold': {
+    needs: { thread: true },
+    request: (s) => ({ target: { $case: 'threadId', value: thread(s).threadId }, reason: 'Records request' }),
+    check: (res: { hold: LegalHold; replayed: boolean }, s) => {
+      expect(res.replayed).to.equal(false);
+      expect(res.hold.target).to.deep.equal({ $case: 'threadId', value: thread(s).threadId });
+      expect(res.hold).to.include({ placedByUserId: s.caller.userId, releasedByUserId: '' });
+    },
+  },
+  '/comms.v1.GovernanceService/ReleaseLegalHold': {
+    needs: { hold: true },
+    request: (s) => ({ holdId: hold(s).holdId, reason: 'Matter closed' }),
+    check: (res: { hold: LegalHold }, s) =>
+      expect(res.hold).to.include({
+        holdId: hold(s).holdId,
+        releasedByUserId: s.caller.userId,
+        releaseReason: 'Matter closed',
+      }),
+  },
+  '/comms.v1.GovernanceService/ListLegalHolds': {
+    needs: { hold: true },
+    request: () => ({}),
+    emptyIsValid: true,
+    check: (res: { holds: LegalHold[] }, s) => expect(res.holds.map((h) => h.holdId)).to.deep.equal([hold(s).holdId]),
+  },
+  '/comms.v1.GovernanceService/ExportThread': {
+    needs: { message: true },
+    request: (s) => ({ threadId: thread(s).threadId }),
+    // The stream's first item is its header: the thread and the one message the export holds.
+    check: (res: ExportThreadResponse, s) => {
+      expect(res.item?.$case).to.equal('header');
+      const header = res.item?.$case === 'header' ? res.item.value : undefined;
+      expect(header?.thread?.threadId).to.equal(thread(s).threadId);
+      expect(header?.messageCount).to.equal('1');
+      expect(header?.through?.messageId).to.equal(message(s).messageId);
+    },
+  },
 };
+
+/**
+ * The governance permissions the matrix's caller of `role` carries for `path`: the entry's permission,
+ * except for a service caller the entry exempts (that cell shows the exemption). Roles outside `roles`
+ * carry it too: a permission never opens a role gate.
+ */
+function permissionsOf(path: string, role: Role): Permission[] {
+  const needed = RPC_POLICY[path]!.permission;
+  return needed && !(needed.service && role === 'service') ? [needed.name] : [];
+}
+
+/** ' with audit.read' for a caller carrying permissions, '' otherwise (for test titles). */
+const withPermissions = (permissions: readonly Permission[]) =>
+  permissions.length > 0 ? ` with ${permissions.join(', ')}` : '';
 
 /** The reason a role outside the entry's roles is refused with. */
 function refusalReason(path: string): string | undefined {
@@ -382,7 +509,7 @@ describe('access policy: the role × RPC matrix from src/rpc/policy.ts', () => {
     it('every method of every comms.v1 service has an entry in RPC_POLICY', () => {
       const missing = [...METHODS.keys()].filter((path) => !(path in RPC_POLICY));
       expect(missing, 'methods without a policy').to.deep.equal([]);
-      expect(Object.keys(SERVICE_DEFINITIONS)).to.have.length(6);
+      expect(Object.keys(SERVICE_DEFINITIONS)).to.have.length(7);
     });
 
     it('RPC_POLICY has no entry for a method that does not exist', () => {
@@ -400,6 +527,17 @@ describe('access policy: the role × RPC matrix from src/rpc/policy.ts', () => {
         );
       }
     });
+
+    it('every permission an entry names is a known permission, and only service callers may be exempt', () => {
+      for (const [path, policy] of Object.entries(RPC_POLICY)) {
+        if (!policy.permission) continue;
+        expect(PERMISSIONS, `${path}: permission`).to.include(policy.permission.name);
+        // The permission is checked with the gate, and is for staff: staff must be an allowed role.
+        expect(policy.gate, `${path}: gate`).to.equal(true);
+        expect(policy.roles, `${path}: roles`).to.include('staff');
+        if (policy.permission.service) expect(policy.roles, `${path}: roles`).to.include('service');
+      }
+    });
   });
 
   describe('one valid request per role, as a caller who takes part in the resource', () => {
@@ -408,7 +546,9 @@ describe('access policy: the role × RPC matrix from src/rpc/policy.ts', () => {
     before(async function () {
       this.timeout(120_000);
       const cells = Object.keys(RPC_POLICY).flatMap((path) => ROLES.map((role) => ({ path, role })));
-      const built = await pooled(cells, 16, ({ path, role }) => policyScene(rpc, role, CELLS[path]?.needs ?? {}));
+      const built = await pooled(cells, 16, ({ path, role }) =>
+        policyScene(rpc, role, CELLS[path]?.needs ?? {}, permissionsOf(path, role)),
+      );
       cells.forEach(({ path, role }, i) => scenes.set(cellKey(path, role), built[i]!));
     });
 
@@ -416,11 +556,14 @@ describe('access policy: the role × RPC matrix from src/rpc/policy.ts', () => {
       for (const role of ROLES) {
         const allowed = policy.roles.includes(role);
         const verdict = allowed ? 'allowed' : `refused, PERMISSION_DENIED ${refusalReason(path) ?? '?'}`;
-        it(`${path} as ${role}: ${verdict} (${policy.rule})`, async () => {
+        const as = `${role}${withPermissions(permissionsOf(path, role))}`;
+        it(`${path} as ${as}: ${verdict} (${policy.rule})`, async () => {
           const spec = CELLS[path];
           const s = scenes.get(cellKey(path, role));
           expect(spec, `a request builder for ${path}`).to.not.equal(undefined);
           expect(s, 'scene built').to.not.equal(undefined);
+          // The scene's audit records are in the database before the call (QueryAudit reads them).
+          await env.app.audit.flush();
           const before = allowed ? undefined : await tenantFingerprint(s!.tenantId);
           const outcome = await rpc.once(path, spec!.request(s!), s!.caller.md);
           if (allowed) {
@@ -440,29 +583,80 @@ describe('access policy: the role × RPC matrix from src/rpc/policy.ts', () => {
   describe('role gates run before validation (entries with gate: true)', () => {
     for (const [path, policy] of Object.entries(RPC_POLICY)) {
       if (!policy.gate) continue;
+      const emptyIsValid = CELLS[path]?.emptyIsValid ?? false;
       for (const role of ROLES) {
         const allowed = policy.roles.includes(role);
-        const verdict = allowed
-          ? 'INVALID_ARGUMENT (past the gate, refused by validation)'
-          : 'PERMISSION_DENIED ROLE_NOT_ALLOWED (the gate answers before validation)';
-        it(`${path} as ${role} with an empty request: ${verdict}`, async () => {
+        const permissions = permissionsOf(path, role);
+        const verdict = !allowed
+          ? 'PERMISSION_DENIED ROLE_NOT_ALLOWED (the gate answers before validation)'
+          : emptyIsValid
+            ? 'OK (past the gate; every field is optional)'
+            : 'INVALID_ARGUMENT (past the gate, refused by validation)';
+        it(`${path} as ${role}${withPermissions(permissions)}, with an empty request: ${verdict}`, async () => {
           const tenantId = newTenant();
-          const caller = await newUser(tenantId, role);
+          const caller = await newUserWith(tenantId, permissions, role);
           const before = await tenantFingerprint(tenantId);
-          const err = await rpc.empty(path, caller.md).then(
-            (res) => expect.fail(`${path} as ${role}: an empty request succeeded: ${JSON.stringify(res)}`),
-            (e: Parameters<typeof errorDetails>[0]) => e,
+          const outcome: Outcome = await rpc.empty(path, caller.md).then(
+            (res) => ({ ok: true, res }),
+            (err: Parameters<typeof errorDetails>[0]) => ({ ok: false, err }),
           );
-          const got = describeOutcome({ ok: false, err });
-          if (allowed) {
-            expect(err.code, got).to.equal(status.INVALID_ARGUMENT);
+          const got = describeOutcome(outcome);
+          if (allowed && emptyIsValid) {
+            expect(outcome.ok, got).to.equal(true);
+            // A valid empty write (UpdateRetentionPolicy: keep for ever) stores what it says.
+            if (policy.write) return;
           } else {
-            expect(err.code, got).to.equal(status.PERMISSION_DENIED);
-            expect(errorDetails(err).info?.reason, got).to.equal('ROLE_NOT_ALLOWED');
+            if (outcome.ok) expect.fail(`${path} as ${role}: an empty request succeeded: ${got}`);
+            const { err } = outcome;
+            if (allowed) {
+              expect(err.code, got).to.equal(status.INVALID_ARGUMENT);
+            } else {
+              expect(err.code, got).to.equal(status.PERMISSION_DENIED);
+              expect(errorDetails(err).info?.reason, got).to.equal('ROLE_NOT_ALLOWED');
+            }
           }
           expect(await tenantFingerprint(tenantId), 'nothing stored').to.deep.equal(before);
         });
       }
+    }
+  });
+
+  describe('governance permissions: staff without the entry’s permission (entries with a permission)', () => {
+    const withPermission = Object.entries(RPC_POLICY).filter(([, policy]) => policy.permission);
+
+    /** Asserts `outcome` is PERMISSION_DENIED PERMISSION_REQUIRED naming `permission`. */
+    const expectPermissionRequired = (outcome: Outcome, permission: Permission) => {
+      const got = describeOutcome(outcome);
+      if (outcome.ok) expect.fail(`expected PERMISSION_DENIED, got ${got}`);
+      expect(outcome.err.code, got).to.equal(status.PERMISSION_DENIED);
+      const info = errorDetails(outcome.err).info;
+      expect(info?.reason, got).to.equal('PERMISSION_REQUIRED');
+      expect(info?.metadata, got).to.include({ permission });
+    };
+
+    for (const [path, policy] of withPermission) {
+      const needed = policy.permission!.name;
+      // Every other permission: they are not interchangeable.
+      const others = PERMISSIONS.filter((p) => p !== needed);
+
+      it(`${path} as staff with every permission but ${needed}: refused, PERMISSION_DENIED PERMISSION_REQUIRED (permission ${needed})`, async () => {
+        const s = await policyScene(rpc, 'staff', CELLS[path]!.needs, others);
+        const before = await tenantFingerprint(s.tenantId);
+        expectPermissionRequired(await rpc.once(path, CELLS[path]!.request(s), s.caller.md), needed);
+        expect(await tenantFingerprint(s.tenantId), 'nothing stored by the refused call').to.deep.equal(before);
+      });
+
+      it(`${path} as staff without permissions, with an empty request: PERMISSION_DENIED PERMISSION_REQUIRED (checked before validation)`, async () => {
+        const tenantId = newTenant();
+        const caller = await newUserWith(tenantId, [], 'staff');
+        const before = await tenantFingerprint(tenantId);
+        const outcome: Outcome = await rpc.empty(path, caller.md).then(
+          (res) => ({ ok: true, res }),
+          (err: Parameters<typeof errorDetails>[0]) => ({ ok: false, err }),
+        );
+        expectPermissionRequired(outcome, needed);
+        expect(await tenantFingerprint(tenantId), 'nothing stored').to.deep.equal(before);
+      });
     }
   });
 });

@@ -6,7 +6,7 @@ import { Status } from '../../gen/google/rpc/status.js';
 import { MessageServiceClient } from '../../gen/comms/v1/message.js';
 import { ReadReceiptServiceClient } from '../../gen/comms/v1/read_receipt.js';
 import { ThreadServiceClient } from '../../gen/comms/v1/thread.js';
-import type { Role } from '../../src/domain/actor.js';
+import type { Permission, Role } from '../../src/domain/actor.js';
 import { signDevToken } from '../../src/infra/auth/dev-token.js';
 import { env } from './hooks.js';
 
@@ -35,6 +35,24 @@ export async function newUser(tenantId: string, ...roles: Role[]): Promise<TestU
     audience: env.config.jwt.audience,
   });
   return { tenantId, userId, roles, token, md: bearer(token) };
+}
+
+/** A fresh user in `tenantId` whose token also carries governance `permissions`. */
+export async function newUserWith(
+  tenantId: string,
+  permissions: readonly Permission[],
+  ...roles: Role[]
+): Promise<TestUser & { readonly permissions: readonly Permission[] }> {
+  const userId = `u-${roles.join('-')}-${randomBytes(5).toString('hex')}`;
+  const token = await signDevToken(env.config.jwt.secret!, {
+    sub: userId,
+    tenant: tenantId,
+    roles,
+    permissions,
+    issuer: env.config.jwt.issuer,
+    audience: env.config.jwt.audience,
+  });
+  return { tenantId, userId, roles, permissions, token, md: bearer(token) };
 }
 
 /** Metadata carrying `authorization: Bearer <token>`. */

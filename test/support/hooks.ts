@@ -29,6 +29,8 @@ export function testConfig(overrides: Record<string, string> = {}): Config {
     RATE_LIMIT_WRITES: '0',
     MAX_STREAMS_PER_CALLER: '0',
     METRICS_PORT: '0',
+    // The retention purge runs when a test calls app.retention.purge() (test/governance).
+    RETENTION_PURGE: 'false',
     ...overrides,
   });
 }

@@ -8,13 +8,14 @@ import {
 } from '@grpc/grpc-js';
 import { expect } from 'chai';
 import { FeedServiceService } from '../../gen/comms/v1/feed.js';
+import { GovernanceServiceService, type LegalHold } from '../../gen/comms/v1/governance.js';
 import { type Message, MessageServiceService } from '../../gen/comms/v1/message.js';
 import { type Notification, NotificationServiceService } from '../../gen/comms/v1/notification.js';
 import { ReadReceiptServiceService } from '../../gen/comms/v1/read_receipt.js';
 import { VirtualParticipant, type VirtualSession, VirtualSessionServiceService } from '../../gen/comms/v1/session.js';
 import { ParticipantRole, type Thread, ThreadServiceService } from '../../gen/comms/v1/thread.js';
-import type { Role } from '../../src/domain/actor.js';
-import { newTenant, newUser, type TestUser } from './clients.js';
+import type { Permission, Role } from '../../src/domain/actor.js';
+import { newTenant, newUser, newUserWith, type TestUser } from './clients.js';
 import { env } from './hooks.js';
 import { newKey } from './messages.js';
 import { db, newUserId, participant } from './threads.js';
@@ -27,6 +28,7 @@ export const SERVICE_DEFINITIONS = {
   'comms.v1.FeedService': FeedServiceService,
   'comms.v1.NotificationService': NotificationServiceService,
   'comms.v1.VirtualSessionService': VirtualSessionServiceService,
+  'comms.v1.GovernanceService': GovernanceServiceService,
 } as const;
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
@@ -142,6 +144,10 @@ export interface SceneNeeds {
   readonly thread?: boolean;
   /** A message the owner sent to the thread. */
   readonly message?: boolean;
+  /** A message the caller sent to the thread just now (within the retraction window). */
+  readonly ownMessage?: boolean;
+  /** An active legal hold on the thread, placed by a staff user with `holds.manage`. */
+  readonly hold?: boolean;
   /** The thread archived by the owner (for ReopenThread). */
   readonly archived?: boolean;
   /** A notification intent whose recipient is the caller (requested by a service user). */
@@ -160,7 +166,7 @@ export interface SceneNeeds {
 /** One matrix cell's world: a fresh tenant whose resources the caller takes part in. */
 export interface PolicyScene {
   readonly tenantId: string;
-  /** A fresh user holding exactly the cell's role. */
+  /** A fresh user holding exactly the cell's role (and the permissions the scene was asked for). */
   readonly caller: TestUser;
   readonly role: Role;
   /** A provider: creates the thread and the session, sends the message. */
@@ -173,6 +179,9 @@ export interface PolicyScene {
   readonly familyUserId: string;
   readonly thread?: Thread;
   readonly message?: Message;
+  /** The caller's own message. */
+  readonly ownMessage?: Message;
+  readonly hold?: LegalHold;
   readonly notification?: Notification;
   /** The session as it is after the scene's joins (its etag is current). */
   readonly session?: VirtualSession;
@@ -197,11 +206,19 @@ export function sessionRoleOf(role: Role): ParticipantRole {
 
 const MINUTE = 60_000;
 
-/** Builds a fresh scene for a caller of `role`, holding what `needs` asks for. */
-export async function policyScene(rpc: RpcCaller, role: Role, needs: SceneNeeds): Promise<PolicyScene> {
+/**
+ * Builds a fresh scene for a caller of `role` whose token carries `permissions`, holding what `needs`
+ * asks for.
+ */
+export async function policyScene(
+  rpc: RpcCaller,
+  role: Role,
+  needs: SceneNeeds,
+  permissions: readonly Permission[] = [],
+): Promise<PolicyScene> {
   const tenantId = newTenant();
   const [caller, owner, service, other] = await Promise.all([
-    newUser(tenantId, role),
+    permissions.length > 0 ? newUserWith(tenantId, permissions, role) : newUser(tenantId, role),
     newUser(tenantId, 'provider'),
     newUser(tenantId, 'service'),
     newUser(tenantId, 'patient'),
@@ -210,7 +227,7 @@ export async function policyScene(rpc: RpcCaller, role: Role, needs: SceneNeeds)
   const base = { tenantId, caller, role, owner, service, other, familyUserId };
 
   const threadPart = async () => {
-    if (!needs.thread && !needs.message && !needs.archived) return {};
+    if (!needs.thread && !needs.message && !needs.ownMessage && !needs.hold && !needs.archived) return {};
     const { thread } = await rpc.unary<{ thread: Thread }>(
       '/comms.v1.ThreadService/CreateThread',
       {
@@ -233,10 +250,31 @@ export async function policyScene(rpc: RpcCaller, role: Role, needs: SceneNeeds)
         )
       ).message;
     }
+    let ownMessage: Message | undefined;
+    if (needs.ownMessage) {
+      ownMessage = (
+        await rpc.unary<{ message: Message }>(
+          '/comms.v1.MessageService/SendMessage',
+          { threadId: thread.threadId, clientMutationId: newKey('policy'), body: 'Sent to the wrong thread' },
+          caller.md,
+        )
+      ).message;
+    }
+    let hold: LegalHold | undefined;
+    if (needs.hold) {
+      const holder = await newUserWith(tenantId, ['holds.manage'], 'staff');
+      hold = (
+        await rpc.unary<{ hold: LegalHold }>(
+          '/comms.v1.GovernanceService/PlaceLegalHold',
+          { target: { $case: 'threadId', value: thread.threadId }, reason: 'Records request' },
+          holder.md,
+        )
+      ).hold;
+    }
     if (needs.archived) {
       await rpc.unary('/comms.v1.ThreadService/ArchiveThread', { threadId: thread.threadId }, owner.md);
     }
-    return { thread, message };
+    return { thread, message, ownMessage, hold };
   };
 
   const notificationPart = async () => {
@@ -314,6 +352,10 @@ const TENANT_TABLES = [
   'virtual_session',
   'session_participant',
   'session_event',
+  'message_retraction',
+  'access_audit',
+  'retention_policy',
+  'legal_hold',
 ] as const;
 
 /**
@@ -321,6 +363,8 @@ const TENANT_TABLES = [
  * Equal before and after a call means the call stored nothing.
  */
 export async function tenantFingerprint(tenantId: string): Promise<Record<string, string>> {
+  // Audit records reach the database a moment after their call: write what is pending first.
+  await env.app.audit.flush();
   const columns = TENANT_TABLES.map(
     (t) =>
       `(select count(*) || ':' || md5(coalesce(string_agg(r::text, '|' order by r::text), ''))

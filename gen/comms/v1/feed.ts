@@ -61,7 +61,10 @@ export interface WatchThreadResponse {
   /** What happened. */
   event:
     | //
-    /** A message was posted. */
+    /**
+     * A message was posted. Delivered as the message is when delivered: a replay of a message retracted
+     * or purged since has an empty body and says why.
+     */
     { $case: "messagePosted"; value: Message }
     | //
     /** Receipts were inserted or moved later (one MarkRead or MarkThreadRead call's effect). */
@@ -78,6 +81,12 @@ export interface WatchThreadResponse {
     | //
     /** Keep-alive. */
     { $case: "heartbeat"; value: Heartbeat }
+    | //
+    /**
+     * A message of the thread was retracted: the message as readers now see it (empty body,
+     * `retraction` set). A client removes the body it kept.
+     */
+    { $case: "messageRetracted"; value: Message }
     | undefined;
 }
 
@@ -444,6 +453,9 @@ export const WatchThreadResponse: MessageFns<WatchThreadResponse> = {
       case "heartbeat":
         Heartbeat.encode(message.event.value, writer.uint32(58).fork()).join();
         break;
+      case "messageRetracted":
+        Message.encode(message.event.value, writer.uint32(66).fork()).join();
+        break;
     }
     return writer;
   },
@@ -517,6 +529,14 @@ export const WatchThreadResponse: MessageFns<WatchThreadResponse> = {
             message.event = { $case: "heartbeat", value: Heartbeat.decode(reader, reader.uint32()) };
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.event = { $case: "messageRetracted", value: Message.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -559,6 +579,10 @@ export const WatchThreadResponse: MessageFns<WatchThreadResponse> = {
         ? { $case: "caughtUp", value: CaughtUp.fromJSON(object.caught_up) }
         : isSet(object.heartbeat)
         ? { $case: "heartbeat", value: Heartbeat.fromJSON(object.heartbeat) }
+        : isSet(object.messageRetracted)
+        ? { $case: "messageRetracted", value: Message.fromJSON(object.messageRetracted) }
+        : isSet(object.message_retracted)
+        ? { $case: "messageRetracted", value: Message.fromJSON(object.message_retracted) }
         : undefined,
     };
   },
@@ -581,6 +605,8 @@ export const WatchThreadResponse: MessageFns<WatchThreadResponse> = {
       obj.caughtUp = CaughtUp.toJSON(message.event.value);
     } else if (message.event?.$case === "heartbeat") {
       obj.heartbeat = Heartbeat.toJSON(message.event.value);
+    } else if (message.event?.$case === "messageRetracted") {
+      obj.messageRetracted = Message.toJSON(message.event.value);
     }
     return obj;
   },
@@ -620,6 +646,12 @@ export const WatchThreadResponse: MessageFns<WatchThreadResponse> = {
       case "heartbeat": {
         if (object.event?.value !== undefined && object.event?.value !== null) {
           message.event = { $case: "heartbeat", value: Heartbeat.fromPartial(object.event.value) };
+        }
+        break;
+      }
+      case "messageRetracted": {
+        if (object.event?.value !== undefined && object.event?.value !== null) {
+          message.event = { $case: "messageRetracted", value: Message.fromPartial(object.event.value) };
         }
         break;
       }

@@ -75,7 +75,10 @@ export interface Message {
   threadId: string;
   /** User id (token subject) of the sender. */
   senderUserId: string;
-  /** The text, 1 to 16384 UTF-8 bytes (configurable limit). */
+  /**
+   * The text, 1 to 16384 UTF-8 bytes (configurable limit). Empty when the message was retracted
+   * (`retraction` set) or its body was purged by the tenant's retention policy (`body_purged_at` set).
+   */
   body: string;
   /** The sender's idempotency key. */
   clientMutationId: string;
@@ -95,6 +98,30 @@ export interface Message {
     | undefined;
   /** Opaque cursor of this message's position, usable as ListMessagesRequest.cursor. */
   cursor: string;
+  /** Set when the message was retracted (RetractMessage): `body` is empty for every reader. */
+  retraction:
+    | MessageRetraction
+    | undefined;
+  /**
+   * Set when the tenant's retention policy purged the body: the message is a tombstone (id, thread,
+   * sender, sent_at, this time) and `body` is empty for everyone, auditors included.
+   */
+  bodyPurgedAt: Date | undefined;
+}
+
+/**
+ * Who retracted a message, and when. The reason is kept for auditors only
+ * (GovernanceService.GetAuditedMessage).
+ */
+export interface MessageRetraction {
+  /** The user id of whoever retracted it: the sender, or a moderator. */
+  retractedByUserId: string;
+  /** Server time of the retraction. */
+  retractedAt:
+    | Date
+    | undefined;
+  /** True when a moderator (staff with `messages.moderate`) retracted another user's message. */
+  byModerator: boolean;
 }
 
 /** A position in a thread's message order: (sent_at, message_id). */
@@ -192,6 +219,24 @@ export interface ListMessagesResponse {
   asOf: Date | undefined;
 }
 
+/** Request for RetractMessage. */
+export interface RetractMessageRequest {
+  /** The message to retract. */
+  messageId: string;
+  /** Why, up to 500 characters; optional. Kept for auditors, never shown to readers. */
+  reason: string;
+}
+
+/** Response for RetractMessage. */
+export interface RetractMessageResponse {
+  /** The message as readers now see it (empty body, `retraction` set). */
+  message:
+    | Message
+    | undefined;
+  /** True when the message was already retracted and this call changed nothing. */
+  replayed: boolean;
+}
+
 function createBaseMessage(): Message {
   return {
     messageId: "",
@@ -202,6 +247,8 @@ function createBaseMessage(): Message {
     clientSentAt: undefined,
     sentAt: undefined,
     cursor: "",
+    retraction: undefined,
+    bodyPurgedAt: undefined,
   };
 }
 
@@ -230,6 +277,12 @@ export const Message: MessageFns<Message> = {
     }
     if (message.cursor !== "") {
       writer.uint32(66).string(message.cursor);
+    }
+    if (message.retraction !== undefined) {
+      MessageRetraction.encode(message.retraction, writer.uint32(74).fork()).join();
+    }
+    if (message.bodyPurgedAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.bodyPurgedAt), writer.uint32(82).fork()).join();
     }
     return writer;
   },
@@ -311,6 +364,22 @@ export const Message: MessageFns<Message> = {
             message.cursor = reader.string();
             continue;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.retraction = MessageRetraction.decode(reader, reader.uint32());
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.bodyPurgedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -357,6 +426,12 @@ export const Message: MessageFns<Message> = {
         ? fromJsonTimestamp(object.sent_at)
         : undefined,
       cursor: isSet(object.cursor) ? globalThis.String(object.cursor) : "",
+      retraction: isSet(object.retraction) ? MessageRetraction.fromJSON(object.retraction) : undefined,
+      bodyPurgedAt: isSet(object.bodyPurgedAt)
+        ? fromJsonTimestamp(object.bodyPurgedAt)
+        : isSet(object.body_purged_at)
+        ? fromJsonTimestamp(object.body_purged_at)
+        : undefined,
     };
   },
 
@@ -386,6 +461,12 @@ export const Message: MessageFns<Message> = {
     if (message.cursor !== "") {
       obj.cursor = message.cursor;
     }
+    if (message.retraction !== undefined) {
+      obj.retraction = MessageRetraction.toJSON(message.retraction);
+    }
+    if (message.bodyPurgedAt !== undefined) {
+      obj.bodyPurgedAt = message.bodyPurgedAt.toISOString();
+    }
     return obj;
   },
 
@@ -402,6 +483,123 @@ export const Message: MessageFns<Message> = {
     message.clientSentAt = object.clientSentAt ?? undefined;
     message.sentAt = object.sentAt ?? undefined;
     message.cursor = object.cursor ?? "";
+    message.retraction = (object.retraction !== undefined && object.retraction !== null)
+      ? MessageRetraction.fromPartial(object.retraction)
+      : undefined;
+    message.bodyPurgedAt = object.bodyPurgedAt ?? undefined;
+    return message;
+  },
+};
+
+function createBaseMessageRetraction(): MessageRetraction {
+  return { retractedByUserId: "", retractedAt: undefined, byModerator: false };
+}
+
+export const MessageRetraction: MessageFns<MessageRetraction> = {
+  encode(message: MessageRetraction, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.retractedByUserId !== "") {
+      writer.uint32(10).string(message.retractedByUserId);
+    }
+    if (message.retractedAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.retractedAt), writer.uint32(18).fork()).join();
+    }
+    if (message.byModerator !== false) {
+      writer.uint32(24).bool(message.byModerator);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MessageRetraction {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMessageRetraction();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.retractedByUserId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.retractedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.byModerator = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MessageRetraction {
+    return {
+      retractedByUserId: isSet(object.retractedByUserId)
+        ? globalThis.String(object.retractedByUserId)
+        : isSet(object.retracted_by_user_id)
+        ? globalThis.String(object.retracted_by_user_id)
+        : "",
+      retractedAt: isSet(object.retractedAt)
+        ? fromJsonTimestamp(object.retractedAt)
+        : isSet(object.retracted_at)
+        ? fromJsonTimestamp(object.retracted_at)
+        : undefined,
+      byModerator: isSet(object.byModerator)
+        ? globalThis.Boolean(object.byModerator)
+        : isSet(object.by_moderator)
+        ? globalThis.Boolean(object.by_moderator)
+        : false,
+    };
+  },
+
+  toJSON(message: MessageRetraction): unknown {
+    const obj: any = {};
+    if (message.retractedByUserId !== "") {
+      obj.retractedByUserId = message.retractedByUserId;
+    }
+    if (message.retractedAt !== undefined) {
+      obj.retractedAt = message.retractedAt.toISOString();
+    }
+    if (message.byModerator !== false) {
+      obj.byModerator = message.byModerator;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<MessageRetraction>, I>>(base?: I): MessageRetraction {
+    return MessageRetraction.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<MessageRetraction>, I>>(object: I): MessageRetraction {
+    const message = createBaseMessageRetraction();
+    message.retractedByUserId = object.retractedByUserId ?? "";
+    message.retractedAt = object.retractedAt ?? undefined;
+    message.byModerator = object.byModerator ?? false;
     return message;
   },
 };
@@ -1145,6 +1343,182 @@ export const ListMessagesResponse: MessageFns<ListMessagesResponse> = {
   },
 };
 
+function createBaseRetractMessageRequest(): RetractMessageRequest {
+  return { messageId: "", reason: "" };
+}
+
+export const RetractMessageRequest: MessageFns<RetractMessageRequest> = {
+  encode(message: RetractMessageRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.messageId !== "") {
+      writer.uint32(10).string(message.messageId);
+    }
+    if (message.reason !== "") {
+      writer.uint32(18).string(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RetractMessageRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRetractMessageRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.messageId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RetractMessageRequest {
+    return {
+      messageId: isSet(object.messageId)
+        ? globalThis.String(object.messageId)
+        : isSet(object.message_id)
+        ? globalThis.String(object.message_id)
+        : "",
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+    };
+  },
+
+  toJSON(message: RetractMessageRequest): unknown {
+    const obj: any = {};
+    if (message.messageId !== "") {
+      obj.messageId = message.messageId;
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RetractMessageRequest>, I>>(base?: I): RetractMessageRequest {
+    return RetractMessageRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RetractMessageRequest>, I>>(object: I): RetractMessageRequest {
+    const message = createBaseRetractMessageRequest();
+    message.messageId = object.messageId ?? "";
+    message.reason = object.reason ?? "";
+    return message;
+  },
+};
+
+function createBaseRetractMessageResponse(): RetractMessageResponse {
+  return { message: undefined, replayed: false };
+}
+
+export const RetractMessageResponse: MessageFns<RetractMessageResponse> = {
+  encode(message: RetractMessageResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.message !== undefined) {
+      Message.encode(message.message, writer.uint32(10).fork()).join();
+    }
+    if (message.replayed !== false) {
+      writer.uint32(16).bool(message.replayed);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RetractMessageResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRetractMessageResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.message = Message.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.replayed = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RetractMessageResponse {
+    return {
+      message: isSet(object.message) ? Message.fromJSON(object.message) : undefined,
+      replayed: isSet(object.replayed) ? globalThis.Boolean(object.replayed) : false,
+    };
+  },
+
+  toJSON(message: RetractMessageResponse): unknown {
+    const obj: any = {};
+    if (message.message !== undefined) {
+      obj.message = Message.toJSON(message.message);
+    }
+    if (message.replayed !== false) {
+      obj.replayed = message.replayed;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RetractMessageResponse>, I>>(base?: I): RetractMessageResponse {
+    return RetractMessageResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RetractMessageResponse>, I>>(object: I): RetractMessageResponse {
+    const message = createBaseRetractMessageResponse();
+    message.message = (object.message !== undefined && object.message !== null)
+      ? Message.fromPartial(object.message)
+      : undefined;
+    message.replayed = object.replayed ?? false;
+    return message;
+  },
+};
+
 /**
  * MessageService sends and reads the messages of a thread.
  *
@@ -1158,6 +1532,13 @@ export const ListMessagesResponse: MessageFns<ListMessagesResponse> = {
  *
  * Access: only participants of a thread (and staff and service callers, who govern every thread of their
  * tenant) read it; only participants send to it. A thread the caller may not see is NOT_FOUND.
+ *
+ * Retraction and retention never break append-only: a retraction is a new record next to the message
+ * (RetractMessage), and the only change the database allows to a message row is the retention purge of
+ * its body (GovernanceService), done by one database function the service's own role may not call.
+ * Readers then get the message's id, position, sender and sent_at with an empty `body`, and `retraction`
+ * or `body_purged_at` saying why. Every read of message content and every write is recorded in the
+ * access audit (GovernanceService.QueryAudit); audit records never hold bodies.
  */
 export type MessageServiceService = typeof MessageServiceService;
 export const MessageServiceService = {
@@ -1215,6 +1596,31 @@ export const MessageServiceService = {
       Buffer.from(ListMessagesResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListMessagesResponse => ListMessagesResponse.decode(value),
   },
+  /**
+   * Retracts a message sent by mistake. Allowed for its sender within the retraction window
+   * (configurable, default 15 minutes after `sent_at`), and for staff whose token carries the
+   * `messages.moderate` permission at any time. It appends a retraction record; the message row is not
+   * changed. From then on every reader (ListMessages, GetMessage, WatchThread, ExportThread) gets the
+   * message with an empty body and `retraction` set; WatchThread subscribers get a `message_retracted`
+   * event. The original stays readable only through GovernanceService.GetAuditedMessage (auditors).
+   *
+   * Idempotent: retracting a retracted message returns the existing retraction with `replayed = true`
+   * (for its sender, also after the window; for moderators). A thread the caller may not see →
+   * NOT_FOUND; another participant's message without the permission → PERMISSION_DENIED, reason
+   * `NOT_SENDER`; the sender after the window → FAILED_PRECONDITION, reason `RETRACTION_WINDOW_PASSED`;
+   * a reason over 500 characters → INVALID_ARGUMENT.
+   */
+  retractMessage: {
+    path: "/comms.v1.MessageService/RetractMessage" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RetractMessageRequest): Buffer =>
+      Buffer.from(RetractMessageRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RetractMessageRequest => RetractMessageRequest.decode(value),
+    responseSerialize: (value: RetractMessageResponse): Buffer =>
+      Buffer.from(RetractMessageResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RetractMessageResponse => RetractMessageResponse.decode(value),
+  },
 } as const;
 
 export interface MessageServiceServer extends UntypedServiceImplementation {
@@ -1247,6 +1653,21 @@ export interface MessageServiceServer extends UntypedServiceImplementation {
    * (FORWARD). Each page is returned in ascending (sent_at, message_id) order whichever the direction.
    */
   listMessages: handleUnaryCall<ListMessagesRequest, ListMessagesResponse>;
+  /**
+   * Retracts a message sent by mistake. Allowed for its sender within the retraction window
+   * (configurable, default 15 minutes after `sent_at`), and for staff whose token carries the
+   * `messages.moderate` permission at any time. It appends a retraction record; the message row is not
+   * changed. From then on every reader (ListMessages, GetMessage, WatchThread, ExportThread) gets the
+   * message with an empty body and `retraction` set; WatchThread subscribers get a `message_retracted`
+   * event. The original stays readable only through GovernanceService.GetAuditedMessage (auditors).
+   *
+   * Idempotent: retracting a retracted message returns the existing retraction with `replayed = true`
+   * (for its sender, also after the window; for moderators). A thread the caller may not see →
+   * NOT_FOUND; another participant's message without the permission → PERMISSION_DENIED, reason
+   * `NOT_SENDER`; the sender after the window → FAILED_PRECONDITION, reason `RETRACTION_WINDOW_PASSED`;
+   * a reason over 500 characters → INVALID_ARGUMENT.
+   */
+  retractMessage: handleUnaryCall<RetractMessageRequest, RetractMessageResponse>;
 }
 
 export interface MessageServiceClient extends Client {
@@ -1320,6 +1741,35 @@ export interface MessageServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ListMessagesResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Retracts a message sent by mistake. Allowed for its sender within the retraction window
+   * (configurable, default 15 minutes after `sent_at`), and for staff whose token carries the
+   * `messages.moderate` permission at any time. It appends a retraction record; the message row is not
+   * changed. From then on every reader (ListMessages, GetMessage, WatchThread, ExportThread) gets the
+   * message with an empty body and `retraction` set; WatchThread subscribers get a `message_retracted`
+   * event. The original stays readable only through GovernanceService.GetAuditedMessage (auditors).
+   *
+   * Idempotent: retracting a retracted message returns the existing retraction with `replayed = true`
+   * (for its sender, also after the window; for moderators). A thread the caller may not see →
+   * NOT_FOUND; another participant's message without the permission → PERMISSION_DENIED, reason
+   * `NOT_SENDER`; the sender after the window → FAILED_PRECONDITION, reason `RETRACTION_WINDOW_PASSED`;
+   * a reason over 500 characters → INVALID_ARGUMENT.
+   */
+  retractMessage(
+    request: RetractMessageRequest,
+    callback: (error: ServiceError | null, response: RetractMessageResponse) => void,
+  ): ClientUnaryCall;
+  retractMessage(
+    request: RetractMessageRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RetractMessageResponse) => void,
+  ): ClientUnaryCall;
+  retractMessage(
+    request: RetractMessageRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RetractMessageResponse) => void,
   ): ClientUnaryCall;
 }
 

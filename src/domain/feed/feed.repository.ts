@@ -5,6 +5,7 @@ import type { ThreadSnapshot } from '../thread/thread.snapshot.js';
 /** The kinds of event the log holds (feed_event.kind). */
 export type FeedEventKind =
   | 'message_posted'
+  | 'message_retracted'
   | 'receipts_updated'
   | 'thread_changed'
   | 'thread_updated'

@@ -4,7 +4,8 @@ import { encodeCursor } from './message.cursor.js';
 /**
  * One message (append_only). Table `message`, primary key (tenant_id, message_id); unique keys
  * (tenant_id, thread_id, seq) and (tenant_id, sender_user_id, client_mutation_id). The database refuses
- * UPDATE, DELETE and TRUNCATE of these rows (migration 20261129010000).
+ * UPDATE, DELETE and TRUNCATE of these rows (migration 20261129010000), but for the retention purge of a
+ * body (migration 20261202000000).
  */
 const MessageSchema = defineEntity({
   name: 'Message',
@@ -16,10 +17,12 @@ const MessageSchema = defineEntity({
     seq: p.integer(),
     senderUserId: p.text(),
     clientMutationId: p.text(),
-    body: p.text(),
-    bodySha256: p.blob().$type<Buffer>(),
+    // NULL once the retention purge cleared it (purgedAt set).
+    body: p.text().nullable(),
+    bodySha256: p.blob().$type<Buffer>().nullable(),
     clientSentAt: p.datetime().nullable(),
     sentAt: p.datetime(),
+    purgedAt: p.datetime().nullable(),
   },
 });
 

@@ -18,3 +18,27 @@ export class IdempotencyKeyReused extends DomainError {
     );
   }
 }
+
+/** Someone other than the sender (and not a moderator) tried to retract a message. */
+export class NotSender extends DomainError {
+  constructor(messageId: string) {
+    super(
+      'permission_denied',
+      'NOT_SENDER',
+      `only the sender (within the retraction window) or a moderator may retract message ${messageId}`,
+      { message_id: messageId },
+    );
+  }
+}
+
+/** The sender's retraction window for this message has passed. */
+export class RetractionWindowPassed extends DomainError {
+  constructor(messageId: string, windowMs: number) {
+    super(
+      'failed_precondition',
+      'RETRACTION_WINDOW_PASSED',
+      `message ${messageId} can no longer be retracted by its sender (window: ${Math.round(windowMs / 1000)} s); ask a moderator`,
+      { message_id: messageId, window_seconds: String(Math.round(windowMs / 1000)) },
+    );
+  }
+}

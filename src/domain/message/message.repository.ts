@@ -1,7 +1,7 @@
 import type { EntityManager } from '@mikro-orm/postgresql';
 import { sqlDate, sqlDateOrNull, unpooled } from '../db.js';
 import { THREAD_ACCESS_COLUMNS, type ThreadAccess, threadAccessOf } from '../thread/thread.repository.js';
-import { Message } from './message.entity.js';
+import { FeedRepository, streams } from '../feed/feed.repository.js';
 
 /** What a send asks to store; the statement assigns seq, sent_at and the final id under the lock. */
 export interface NewMessage {
@@ -24,6 +24,15 @@ export interface AppendOutcome {
   readonly thread: Pick<ThreadAccess, 'state' | 'member'> | undefined;
 }
 
+/** A message's retraction (message_retraction row). */
+export interface Retraction {
+  readonly retractedBy: string;
+  readonly byModerator: boolean;
+  /** For auditors only. */
+  readonly reason: string;
+  readonly retractedAt: Date;
+}
+
 /** A stored message, as the use cases pass it around. */
 export interface MessageRecord {
   readonly tenantId: string;
@@ -32,14 +41,22 @@ export interface MessageRecord {
   readonly seq: number;
   readonly senderUserId: string;
   readonly clientMutationId: string;
-  readonly body: string;
-  readonly bodySha256: Buffer;
+  /** The text as sent; null once purged. Readers show it only when neither retracted nor purged. */
+  readonly body: string | null;
+  readonly bodySha256: Buffer | null;
   readonly clientSentAt?: Date | null;
   readonly sentAt: Date;
+  /** When the retention purge cleared the body (a tombstone). */
+  readonly purgedAt?: Date | null;
+  readonly retraction?: Retraction;
 }
 
-const COLUMNS = `tenant_id, message_id, thread_id, seq, sender_user_id, client_mutation_id, body, body_sha256,
-  client_sent_at, sent_at`;
+/** A message with its retraction: `message m left join message_retraction r`. */
+const COLUMNS = `m.tenant_id, m.message_id, m.thread_id, m.seq, m.sender_user_id, m.client_mutation_id, m.body,
+  m.body_sha256, m.client_sent_at, m.sent_at, m.purged_at, r.retracted_by, r.by_moderator,
+  r.reason as retraction_reason, r.retracted_at`;
+const FROM = `message m
+  left join message_retraction r on r.tenant_id = m.tenant_id and r.message_id = m.message_id`;
 
 function toRecord(row: Record<string, unknown>): MessageRecord {
   return {
@@ -49,17 +66,29 @@ function toRecord(row: Record<string, unknown>): MessageRecord {
     seq: Number(row.seq),
     senderUserId: row.sender_user_id as string,
     clientMutationId: row.client_mutation_id as string,
-    body: row.body as string,
+    body: (row.body as string | null) ?? null,
     // Records are cached by the feeds: keep the hash off Node's shared Buffer slabs.
-    bodySha256: unpooled(row.body_sha256 as Buffer),
+    bodySha256: row.body_sha256 ? unpooled(row.body_sha256 as Buffer) : null,
     clientSentAt: sqlDateOrNull(row.client_sent_at),
     sentAt: sqlDate(row.sent_at),
+    purgedAt: sqlDateOrNull(row.purged_at),
+    retraction: row.retracted_by
+      ? {
+          retractedBy: row.retracted_by as string,
+          byModerator: row.by_moderator === true,
+          reason: (row.retraction_reason as string | null) ?? '',
+          retractedAt: sqlDate(row.retracted_at),
+        }
+      : undefined,
   };
 }
 
-/** A message row as `row_to_json` renders it (bytea as `\\x…` hex, timestamps ISO 8601). */
+/** A new message row as `row_to_json` renders it (bytea as `\\x…` hex, timestamps ISO 8601). */
 function fromJson(row: Record<string, unknown>): MessageRecord {
-  return toRecord({ ...row, body_sha256: Buffer.from(String(row.body_sha256).slice(2), 'hex') });
+  return toRecord({
+    ...row,
+    body_sha256: row.body_sha256 ? Buffer.from(String(row.body_sha256).slice(2), 'hex') : null,
+  });
 }
 
 /**
@@ -76,30 +105,84 @@ export class MessageRepository {
     clientMutationId: string,
   ): Promise<MessageRecord | undefined> {
     const rows: Record<string, unknown>[] = await this.em.execute(
-      `select ${COLUMNS} from message where tenant_id = ? and sender_user_id = ? and client_mutation_id = ?`,
+      `select ${COLUMNS} from ${FROM} where m.tenant_id = ? and m.sender_user_id = ? and m.client_mutation_id = ?`,
       [tenantId, senderUserId, clientMutationId],
     );
     return rows[0] && toRecord(rows[0]);
   }
 
   async findById(tenantId: string, messageId: string): Promise<MessageRecord | undefined> {
-    return (await this.em.findOne(Message, { tenantId, messageId })) ?? undefined;
+    const rows: Record<string, unknown>[] = await this.em.execute(
+      `select ${COLUMNS} from ${FROM} where m.tenant_id = ? and m.message_id = ?`,
+      [tenantId, messageId],
+    );
+    return rows[0] && toRecord(rows[0]);
   }
 
   /** The messages with these ids (any order; missing ids are left out). */
   async findByIds(tenantId: string, messageIds: readonly string[]): Promise<MessageRecord[]> {
     if (messageIds.length === 0) return [];
     const rows: Record<string, unknown>[] = await this.em.execute(
-      `select ${COLUMNS} from message
-        where tenant_id = ? and message_id in (select value::uuid from jsonb_array_elements_text(?::jsonb))`,
+      `select ${COLUMNS} from ${FROM}
+        where m.tenant_id = ? and m.message_id in (select value::uuid from jsonb_array_elements_text(?::jsonb))`,
       [tenantId, JSON.stringify(messageIds)],
+    );
+    return rows.map(toRecord);
+  }
+
+  /**
+   * Appends the message's retraction and, when this call stored it, a `message_retracted` event on the
+   * thread's feed, in one transaction. False when the message was already retracted (by anyone).
+   */
+  async retract(message: MessageRecord, by: string, byModerator: boolean, reason: string, at: Date): Promise<boolean> {
+    return this.em.transactional(async (em) => {
+      const rows: Record<string, unknown>[] = await em.execute(
+        `insert into message_retraction (tenant_id, message_id, thread_id, retracted_by, by_moderator, reason,
+                                         retracted_at)
+         values (?, ?, ?, ?, ?, ?, ?) on conflict do nothing returning message_id`,
+        [message.tenantId, message.messageId, message.threadId, by, byModerator, reason, at],
+      );
+      if (rows.length === 0) return false;
+      await new FeedRepository(em).append(
+        message.tenantId,
+        [
+          {
+            stream: streams.thread(message.threadId),
+            kind: 'message_retracted',
+            aggregate_id: message.threadId,
+            message_id: message.messageId,
+            user_id: by,
+          },
+        ],
+        at,
+      );
+      return true;
+    });
+  }
+
+  /** Up to `limit` messages of a thread with seq in (afterSeq, throughSeq], in order. */
+  async range(
+    tenantId: string,
+    threadId: string,
+    afterSeq: number,
+    throughSeq: number,
+    limit: number,
+  ): Promise<MessageRecord[]> {
+    const rows: Record<string, unknown>[] = await this.em.execute(
+      `select ${COLUMNS} from ${FROM}
+        where m.tenant_id = ? and m.thread_id = ? and m.seq > ? and m.seq <= ? order by m.seq limit ?`,
+      [tenantId, threadId, afterSeq, throughSeq, limit],
     );
     return rows.map(toRecord);
   }
 
   /** Message `seq` of a thread. */
   async atSeq(tenantId: string, threadId: string, seq: number): Promise<MessageRecord | undefined> {
-    return (await this.em.findOne(Message, { tenantId, threadId, seq })) ?? undefined;
+    const rows: Record<string, unknown>[] = await this.em.execute(
+      `select ${COLUMNS} from ${FROM} where m.tenant_id = ? and m.thread_id = ? and m.seq = ?`,
+      [tenantId, threadId, seq],
+    );
+    return rows[0] && toRecord(rows[0]);
   }
 
   /**
@@ -156,7 +239,7 @@ export class MessageRepository {
       `select ${THREAD_ACCESS_COLUMNS}, m.*
          from thread t
          left join lateral (
-           select ${COLUMNS} from message m
+           select ${COLUMNS} from ${FROM}
             where m.tenant_id = t.tenant_id and m.thread_id = t.thread_id${range}
             order by m.seq ${forward ? 'asc' : 'desc'} limit ?
          ) m on true

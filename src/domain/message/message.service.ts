@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { v7 as uuidv7 } from 'uuid';
-import type { Actor } from '../actor.js';
+import { type Actor, hasPermission, hasRole } from '../actor.js';
 import type { Clock } from '../clock.js';
 import { type Db, withinDeadline } from '../db.js';
 import { InvalidArgument, Violations } from '../errors.js';
@@ -8,16 +8,23 @@ import { decodePageToken, encodePageToken } from '../page-token.js';
 import { ThreadArchived, ThreadNotFound, ThreadPermissionDenied } from '../thread/thread.errors.js';
 import { memberPermissions } from '../thread/thread.policy.js';
 import { type ThreadAccess, ThreadRepository } from '../thread/thread.repository.js';
-import { checkUuid, pageSize } from '../validation.js';
+import { checkText, checkUuid, pageSize } from '../validation.js';
 import { decodeCursor, isSeq } from './message.cursor.js';
 import { latestPosition, type MessagePosition } from './message.entity.js';
-import { IdempotencyKeyReused, MessageNotFound } from './message.errors.js';
+import { IdempotencyKeyReused, MessageNotFound, NotSender, RetractionWindowPassed } from './message.errors.js';
 import { checkSend, type MessageLimits, type SendInput } from './message.policy.js';
 import { type MessageRecord, MessageRepository, type NewMessage } from './message.repository.js';
 
 export interface SendResult {
   readonly message: MessageRecord;
   /** True when an earlier call stored the message and this one replayed it. */
+  readonly replayed: boolean;
+}
+
+export interface RetractResult {
+  /** The message with its retraction. */
+  readonly message: MessageRecord;
+  /** True when it was retracted already and this call changed nothing. */
   readonly replayed: boolean;
 }
 
@@ -44,7 +51,10 @@ export interface MessagePage {
 export class MessageService {
   constructor(
     private readonly clock: Clock,
-    private readonly limits: MessageLimits,
+    private readonly limits: MessageLimits & {
+      /** How long after sending its sender may retract a message (RETRACT_WINDOW_MS). */
+      readonly retractWindowMs: number;
+    },
   ) {}
 
   async send(actor: Actor, db: Db, input: SendInput): Promise<SendResult> {
@@ -82,6 +92,32 @@ export class MessageService {
     const access = await new ThreadRepository(db.em).access(actor.tenantId, message.threadId, actor.userId);
     if (!access || !memberPermissions(actor, access.member).see) throw new MessageNotFound(id);
     return message;
+  }
+
+  /**
+   * Retracts a message (append-only: a retraction row, the message row untouched). Its sender may within
+   * the window, staff with `messages.moderate` at any time; a repeat returns the retraction that exists.
+   */
+  async retract(actor: Actor, db: Db, input: { messageId: string; reason: string }): Promise<RetractResult> {
+    const v = new Violations();
+    const id = checkUuid(v, 'message_id', input.messageId);
+    checkText(v, 'reason', input.reason, 0, 500);
+    v.throwIfAny();
+    const message = await this.get(actor, db, id);
+    const sender = message.senderUserId === actor.userId;
+    const moderator = hasRole(actor, 'staff') && hasPermission(actor, 'messages.moderate');
+    if (!sender && !moderator) throw new NotSender(id);
+    if (message.retraction) return { message, replayed: true };
+    const now = this.clock.now();
+    if (!moderator && now.getTime() - message.sentAt.getTime() > this.limits.retractWindowMs) {
+      throw new RetractionWindowPassed(id, this.limits.retractWindowMs);
+    }
+    const stored = await withinDeadline(db, (em) =>
+      new MessageRepository(em).retract(message, actor.userId, !sender, input.reason, now),
+    );
+    const after = await new MessageRepository(db.em).findById(actor.tenantId, id);
+    if (!after?.retraction) throw new Error(`message ${id}: retraction not found after storing it`);
+    return { message: after, replayed: !stored };
   }
 
   async list(actor: Actor, db: Db, input: ListMessagesInput): Promise<MessagePage> {
@@ -147,7 +183,9 @@ function requirePost<A extends Pick<ThreadAccess, 'member'>>(
 
 /** Answers a retry: the original when thread and body match, IDEMPOTENCY_KEY_REUSED otherwise. */
 function replay(earlier: MessageRecord, threadId: string, digest: Buffer): SendResult {
-  if (earlier.threadId !== threadId || !earlier.bodySha256.equals(digest)) {
+  // A purged body cannot be compared any more: the same thread is enough to answer with the tombstone.
+  const sameBody = earlier.bodySha256 ? earlier.bodySha256.equals(digest) : earlier.purgedAt != null;
+  if (earlier.threadId !== threadId || !sameBody) {
     throw new IdempotencyKeyReused(earlier.clientMutationId, earlier.messageId);
   }
   return { message: earlier, replayed: true };

@@ -1,11 +1,13 @@
 import { createRemoteJWKSet, errors as joseErrors, jwtVerify, type JWTPayload, type JWTVerifyGetKey } from 'jose';
-import { type Actor, ROLES, type Role } from '../../domain/actor.js';
+import { type Actor, PERMISSIONS, type Permission, ROLES, type Role } from '../../domain/actor.js';
 import { PermissionDenied, Unauthenticated } from '../../domain/errors.js';
 import type { Config } from '../config/config.js';
 
 /** The claims a token must carry besides `sub`, `iss`, `aud` and `exp`. */
 export const TENANT_CLAIM = 'tenant';
 export const ROLES_CLAIM = 'roles';
+/** Optional: governance permissions (src/domain/actor.ts PERMISSIONS). */
+export const PERMISSIONS_CLAIM = 'permissions';
 
 const TENANT_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 
@@ -84,7 +86,14 @@ export class Authenticator {
     if (roles.size === 0) {
       throw new PermissionDenied('NO_ROLE', `token carries none of the roles ${ROLES.join(', ')}`);
     }
-    return { actor: { tenantId: tenant, userId: payload.sub, roles }, expiresAt: new Date(payload.exp * 1000) };
+    const granted = payload[PERMISSIONS_CLAIM];
+    const permissions = new Set<Permission>(
+      Array.isArray(granted) ? granted.filter((p): p is Permission => PERMISSIONS.includes(p as Permission)) : [],
+    );
+    return {
+      actor: { tenantId: tenant, userId: payload.sub, roles, permissions },
+      expiresAt: new Date(payload.exp * 1000),
+    };
   }
 
   #options() {

@@ -1,6 +1,6 @@
 import { SignJWT } from 'jose';
-import type { Role } from '../../domain/actor.js';
-import { ROLES_CLAIM, TENANT_CLAIM } from './authenticator.js';
+import type { Permission, Role } from '../../domain/actor.js';
+import { PERMISSIONS_CLAIM, ROLES_CLAIM, TENANT_CLAIM } from './authenticator.js';
 
 /** Signs an HS256 token for development and tests. */
 export async function signDevToken(
@@ -9,12 +9,17 @@ export async function signDevToken(
     sub: string;
     tenant: string;
     roles: readonly Role[];
+    permissions?: readonly Permission[];
     issuer: string;
     audience: string;
     ttlSeconds?: number;
   },
 ): Promise<string> {
-  return new SignJWT({ [TENANT_CLAIM]: claims.tenant, [ROLES_CLAIM]: [...claims.roles] })
+  return new SignJWT({
+    [TENANT_CLAIM]: claims.tenant,
+    [ROLES_CLAIM]: [...claims.roles],
+    ...(claims.permissions?.length ? { [PERMISSIONS_CLAIM]: [...claims.permissions] } : {}),
+  })
     .setProtectedHeader({ alg: 'HS256', typ: 'JWT' })
     .setSubject(claims.sub)
     .setIssuer(claims.issuer)

@@ -34,6 +34,14 @@ const postgresUrl = makeValidator<string>((raw) => {
   return raw;
 });
 
+/** A PostgreSQL role name (it goes into the connection's startup options), or empty. */
+const roleName = makeValidator<string>((raw) => {
+  if (raw !== '' && !/^[a-z_][a-z0-9_]{0,62}$/.test(raw)) {
+    throw new Error(`must be a lower-case PostgreSQL role name or empty, got ${JSON.stringify(raw)}`);
+  }
+  return raw;
+});
+
 const secret = makeValidator<string>((raw) => {
   if (raw.length < 32) throw new Error('must be at least 32 characters (HS256 needs a 256-bit secret)');
   return raw;
@@ -205,6 +213,35 @@ export interface Config {
     /** Lifetime of a join credential. */
     readonly credentialTtlSeconds: number;
   };
+  /** Data governance (issue 9). */
+  readonly governance: {
+    /**
+     * The database role the service's pool runs as (`SET ROLE` at connect; empty: the login role as it
+     * is, for a login that is itself a member of comms_app only).
+     */
+    readonly dbRole: string;
+    /** The role, and optionally the login, the retention purge runs as. */
+    readonly retentionRole: string;
+    readonly retentionDatabaseUrl: string | undefined;
+    /** Run the scheduled retention purge on this replica. */
+    readonly purge: boolean;
+    /** When the purge runs (pg-boss cron, UTC). */
+    readonly purgeCron: string;
+    /** Bodies purged per transaction. */
+    readonly purgeBatch: number;
+    /** How long after sending the sender may retract a message. */
+    readonly retractWindowMs: number;
+    /** Record the access audit (off only to measure its cost in bench/). */
+    readonly audit: boolean;
+    /** Audit records wait at most this long before they are written (in one batch). */
+    readonly auditFlushMs: number;
+    /** Audit records held in memory while the database does not take them; beyond: reads fail UNAVAILABLE. */
+    readonly auditBufferMax: number;
+    /** ExportThread streams running at once on this replica. */
+    readonly exportConcurrency: number;
+    /** An export whose client takes no data this long ends RESOURCE_EXHAUSTED (SLOW_CONSUMER). */
+    readonly exportStallMs: number;
+  };
   readonly shutdownGraceMs: number;
   readonly shutdownDrainDelayMs: number;
   readonly healthProbeMs: number;
@@ -279,6 +316,18 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       SESSION_OVERRUN_MS: int(0, 86_400_000)({ default: 1_800_000 }),
       SESSION_ROOM_PROVIDER: str({ choices: ROOM_PROVIDER_NAMES, default: 'sandbox' }),
       SESSION_CREDENTIAL_TTL_SECONDS: int(30, 86_400)({ default: 300 }),
+      DB_ROLE: roleName({ default: 'comms_app', desc: 'role the service pool runs as (empty: the login role)' }),
+      RETENTION_DB_ROLE: roleName({ default: 'comms_retention' }),
+      RETENTION_DATABASE_URL: postgresUrl({ default: undefined }),
+      RETENTION_PURGE: bool({ default: true, desc: 'run the scheduled retention purge on this replica' }),
+      RETENTION_PURGE_CRON: str({ default: '*/10 * * * *' }),
+      RETENTION_PURGE_BATCH: int(1, 100_000)({ default: 1_000 }),
+      RETRACT_WINDOW_MS: int(0, 30 * 86_400_000)({ default: 900_000 }),
+      AUDIT_ENABLED: bool({ default: true }),
+      AUDIT_FLUSH_MS: int(1, 60_000)({ default: 100 }),
+      AUDIT_BUFFER_MAX: int(100, 10_000_000)({ default: 100_000 }),
+      EXPORT_CONCURRENCY: int(1, 100)({ default: 4 }),
+      EXPORT_STALL_MS: int(1_000, 3_600_000)({ default: 300_000 }),
       SHUTDOWN_GRACE_MS: int(0, 600_000)({ default: 10_000 }),
       SHUTDOWN_DRAIN_DELAY_MS: int(0, 600_000)({ default: 1_000 }),
       HEALTH_PROBE_MS: int(100, 60_000)({ default: 2_000 }),
@@ -371,6 +420,20 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       },
       roomProvider: e.SESSION_ROOM_PROVIDER,
       credentialTtlSeconds: e.SESSION_CREDENTIAL_TTL_SECONDS,
+    },
+    governance: {
+      dbRole: e.DB_ROLE,
+      retentionRole: e.RETENTION_DB_ROLE,
+      retentionDatabaseUrl: e.RETENTION_DATABASE_URL,
+      purge: e.RETENTION_PURGE,
+      purgeCron: e.RETENTION_PURGE_CRON,
+      purgeBatch: e.RETENTION_PURGE_BATCH,
+      retractWindowMs: e.RETRACT_WINDOW_MS,
+      audit: e.AUDIT_ENABLED,
+      auditFlushMs: e.AUDIT_FLUSH_MS,
+      auditBufferMax: e.AUDIT_BUFFER_MAX,
+      exportConcurrency: e.EXPORT_CONCURRENCY,
+      exportStallMs: e.EXPORT_STALL_MS,
     },
     shutdownGraceMs: e.SHUTDOWN_GRACE_MS,
     shutdownDrainDelayMs: e.SHUTDOWN_DRAIN_DELAY_MS,

@@ -8,6 +8,8 @@ export interface MetricSources {
   queues(): Promise<readonly { queue: string; queued: number; active: number; deferred: number }[]>;
   /** The database pool: connections open, idle, and callers waiting for one. */
   pool(): Promise<{ total: number; idle: number; waiting: number }>;
+  /** Access-audit records not yet written. */
+  auditPending(): number;
 }
 
 /**
@@ -77,6 +79,14 @@ export class Metrics {
         this.set({ state: 'total' }, p.total);
         this.set({ state: 'idle' }, p.idle);
         this.set({ state: 'waiting' }, p.waiting);
+      },
+    });
+    new Gauge({
+      name: 'comms_audit_pending_records',
+      help: 'Access-audit records waiting to be written (reads are refused beyond AUDIT_BUFFER_MAX)',
+      registers: [this.registry],
+      collect() {
+        this.set(sources.auditPending());
       },
     });
   }

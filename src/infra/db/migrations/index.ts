@@ -8,6 +8,7 @@ import { Migration20261129050000_thread_fillfactor } from './Migration2026112905
 import { Migration20261129060000_feed } from './Migration20261129060000_feed.js';
 import { Migration20261130000000_notifications } from './Migration20261130000000_notifications.js';
 import { Migration20261201000000_sessions } from './Migration20261201000000_sessions.js';
+import { Migration20261202000000_governance } from './Migration20261202000000_governance.js';
 
 /** Every migration, in order. Committed; applied at start by `migrate()`, never `schema:update`. */
 export const migrationsList: MigrationObject[] = [
@@ -20,4 +21,5 @@ export const migrationsList: MigrationObject[] = [
   { name: 'Migration20261129060000_feed', class: Migration20261129060000_feed },
   { name: 'Migration20261130000000_notifications', class: Migration20261130000000_notifications },
   { name: 'Migration20261201000000_sessions', class: Migration20261201000000_sessions },
+  { name: 'Migration20261202000000_governance', class: Migration20261202000000_governance },
 ];
