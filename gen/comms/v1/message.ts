@@ -1553,7 +1553,9 @@ export const MessageServiceService = {
    *   so that is never less than 30 days, longer than any client stays offline.
    * - Replay: a retry with the same key and the same thread and body returns the original message (same
    *   message_id, same sent_at) with `replayed = true`, even if the thread has been archived since, and
-   *   even when many identical retries race: exactly one message is stored.
+   *   even when many identical retries race: exactly one message is stored. A retried send of a message
+   *   retracted since returns it as readers now see it (retracted); once the tenant's retention purged
+   *   its body, the same key and thread return the tombstone (the body can no longer be compared).
    * - Mismatch: the same key with a different thread or body is refused with ALREADY_EXISTS, ErrorInfo
    *   reason `IDEMPOTENCY_KEY_REUSED`, and nothing is stored.
    *
@@ -1635,7 +1637,9 @@ export interface MessageServiceServer extends UntypedServiceImplementation {
    *   so that is never less than 30 days, longer than any client stays offline.
    * - Replay: a retry with the same key and the same thread and body returns the original message (same
    *   message_id, same sent_at) with `replayed = true`, even if the thread has been archived since, and
-   *   even when many identical retries race: exactly one message is stored.
+   *   even when many identical retries race: exactly one message is stored. A retried send of a message
+   *   retracted since returns it as readers now see it (retracted); once the tenant's retention purged
+   *   its body, the same key and thread return the tombstone (the body can no longer be compared).
    * - Mismatch: the same key with a different thread or body is refused with ALREADY_EXISTS, ErrorInfo
    *   reason `IDEMPOTENCY_KEY_REUSED`, and nothing is stored.
    *
@@ -1682,7 +1686,9 @@ export interface MessageServiceClient extends Client {
    *   so that is never less than 30 days, longer than any client stays offline.
    * - Replay: a retry with the same key and the same thread and body returns the original message (same
    *   message_id, same sent_at) with `replayed = true`, even if the thread has been archived since, and
-   *   even when many identical retries race: exactly one message is stored.
+   *   even when many identical retries race: exactly one message is stored. A retried send of a message
+   *   retracted since returns it as readers now see it (retracted); once the tenant's retention purged
+   *   its body, the same key and thread return the tombstone (the body can no longer be compared).
    * - Mismatch: the same key with a different thread or body is refused with ALREADY_EXISTS, ErrorInfo
    *   reason `IDEMPOTENCY_KEY_REUSED`, and nothing is stored.
    *

@@ -24,6 +24,15 @@ export interface HoldRecord {
   readonly releaseReason: string | null;
 }
 
+function toRetention(r: Record<string, unknown>): RetentionRecord {
+  return {
+    bodyRetentionDays: (r.body_retention_days as number | null) ?? null,
+    version: Number(r.version),
+    updatedBy: r.updated_by as string,
+    updatedAt: sqlDate(r.updated_at),
+  };
+}
+
 const HOLD_COLUMNS = `hold_id, thread_id, patient_user_id, reason, placed_by, placed_at, released_by, released_at,
   release_reason`;
 
@@ -50,15 +59,7 @@ export class GovernanceRepository {
       'select body_retention_days, version, updated_by, updated_at from retention_policy where tenant_id = ?',
       [tenantId],
     );
-    const r = rows[0];
-    return (
-      r && {
-        bodyRetentionDays: (r.body_retention_days as number | null) ?? null,
-        version: Number(r.version),
-        updatedBy: r.updated_by as string,
-        updatedAt: sqlDate(r.updated_at),
-      }
-    );
+    return rows[0] && toRetention(rows[0]);
   }
 
   /**
@@ -91,15 +92,7 @@ export class GovernanceRepository {
              } ${returning}`,
             [tenantId, days, by, at],
           );
-    const r = rows[0];
-    return (
-      r && {
-        bodyRetentionDays: (r.body_retention_days as number | null) ?? null,
-        version: Number(r.version),
-        updatedBy: r.updated_by as string,
-        updatedAt: sqlDate(r.updated_at),
-      }
-    );
+    return rows[0] && toRetention(rows[0]);
   }
 
   /**
