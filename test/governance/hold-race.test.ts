@@ -19,7 +19,7 @@ async function unpurged(tenantId: string, threadId: string): Promise<number> {
 }
 
 // Placing a legal hold and a purge batch exclude each other (migration 20261202000000: the hold's insert
-// trigger takes an advisory lock shared, the purge takes it exclusive). Without that, a purge that
+// trigger takes the tenant's advisory lock shared, the purge takes it exclusive). Without that, a purge that
 // started before a hold committed would not see it and purge what the hold covers.
 describe('Legal holds against a running purge', () => {
   let threads: ThreadServiceClient;
@@ -73,7 +73,7 @@ describe('Legal holds against a running purge', () => {
     const batch = await db().connect();
     try {
       await batch.query('begin');
-      await batch.query('select pg_advisory_xact_lock(73001009)');
+      await batch.query('select pg_advisory_xact_lock(7300, hashtext($1))', [tenant]);
       let placed = false;
       const hold = db()
         .query(

@@ -820,8 +820,18 @@ describe('Retention and legal holds (GovernanceService, purge, database roles)',
     it('comms_app may not run the purge function, nor update or delete messages', async () => {
       const { tenant, ids } = await dueFixture();
       const before = await messageRows(tenant);
-      await expectRefused('comms_app', 'select comms_purge_bodies(now(), 10)', [], /permission denied for function/);
-      await expectRefused('comms_app', 'select * from comms_purge_bodies(now(), 10)', [], /permission denied/);
+      await expectRefused(
+        'comms_app',
+        'select comms_purge_bodies($1, now(), 10)',
+        [tenant],
+        /permission denied for function/,
+      );
+      await expectRefused(
+        'comms_app',
+        'select * from comms_purge_bodies($1, now(), 10)',
+        [tenant],
+        /permission denied/,
+      );
       await expectRefused(
         'comms_app',
         'update message set body = null, body_sha256 = null, purged_at = now() where tenant_id = $1 and message_id = $2',
@@ -860,10 +870,10 @@ describe('Retention and legal holds (GovernanceService, purge, database roles)',
       );
       const rows = await withConnection('comms_retention', async (c) => {
         expect((await c.query('select current_user as u')).rows).to.deep.equal([{ u: 'comms_retention' }]);
-        return (await c.query<{ tenant_id: string; purged: number }>('select * from comms_purge_bodies(now(), 100000)'))
+        return (await c.query<{ purged: number }>('select comms_purge_bodies($1, now(), 100000) as purged', [tenant]))
           .rows;
       });
-      expect(rows.find((r) => r.tenant_id === tenant)?.purged, 'this tenant’s two due messages').to.equal(2);
+      expect(rows[0]?.purged, 'this tenant’s two due messages').to.equal(2);
       for (const id of ids) {
         const row = await storedMessage(tenant, id);
         expect([row.body, row.body_sha256], 'purged').to.deep.equal([null, null]);

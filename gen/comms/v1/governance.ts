@@ -74,7 +74,7 @@ export function auditActionToJSON(object: AuditAction): string {
 
 /** One audit record: one call's access to message content, or one write. */
 export interface AuditRecord {
-  /** Identifier, increasing in the order records were written (a decimal integer). */
+  /** Identifier, a UUIDv7: time-ordered, so newest first is descending id order. */
   auditId: string;
   /** When the access happened (server time). */
   occurredAt:

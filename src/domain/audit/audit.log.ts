@@ -2,7 +2,7 @@ import type { EntityManager, MikroORM } from '@mikro-orm/postgresql';
 import type { Actor } from '../actor.js';
 import { sqlDate } from '../db.js';
 import { DomainError } from '../errors.js';
-import { isUuid } from '../ids.js';
+import { isUuid, newId } from '../ids.js';
 
 /** What a call read or wrote, as an audit record names it (never content). */
 export interface AuditTarget {
@@ -29,6 +29,7 @@ export interface AuditCall {
 /** One access_audit row before it is written. */
 interface Pending {
   tenant_id: string;
+  audit_id: string;
   occurred_at: string;
   actor_user_id: string;
   actor_roles: string[];
@@ -138,6 +139,7 @@ export class AuditLog {
     }
     const row: Pending = {
       tenant_id: call.actor.tenantId,
+      audit_id: newId(),
       occurred_at: new Date().toISOString(),
       actor_user_id: call.actor.userId,
       actor_roles: [...call.actor.roles],
@@ -237,14 +239,14 @@ export class AuditRepository {
   /** Writes a batch in one statement. */
   async insert(rows: readonly object[]): Promise<void> {
     await this.em.execute(
-      `insert into access_audit (tenant_id, occurred_at, actor_user_id, actor_roles, method, action, request_id,
+      `insert into access_audit (tenant_id, audit_id, occurred_at, actor_user_id, actor_roles, method, action, request_id,
                                  thread_id, resource, message_ids, first_seq, last_seq, first_message_id,
                                  last_message_id, message_count)
-       select x.tenant_id, x.occurred_at, x.actor_user_id, x.actor_roles, x.method, x.action, x.request_id,
+       select x.tenant_id, x.audit_id, x.occurred_at, x.actor_user_id, x.actor_roles, x.method, x.action, x.request_id,
               x.thread_id, x.resource, x.message_ids, x.first_seq, x.last_seq, x.first_message_id,
               x.last_message_id, x.message_count
          from jsonb_array_elements(?::jsonb) with ordinality as e(value, n),
-              jsonb_to_record(e.value) as x(tenant_id text, occurred_at timestamptz, actor_user_id text,
+              jsonb_to_record(e.value) as x(tenant_id text, audit_id uuid, occurred_at timestamptz, actor_user_id text,
               actor_roles text[], method text, action text, request_id text, thread_id uuid, resource text,
               message_ids uuid[], first_seq integer, last_seq integer, first_message_id uuid,
               last_message_id uuid, message_count integer)
@@ -282,9 +284,9 @@ export class AuditRepository {
     }
     if (filter.from) add('a.occurred_at >= ?', filter.from);
     if (filter.to) add('a.occurred_at < ?', filter.to);
-    if (beforeId !== undefined) add('a.audit_id < ?', beforeId);
+    if (beforeId !== undefined) add('a.audit_id < ?::uuid', beforeId);
     const rows: Record<string, unknown>[] = await this.em.execute(
-      `select a.audit_id::text as audit_id, a.occurred_at, a.actor_user_id, a.actor_roles, a.method, a.action,
+      `select a.audit_id, a.occurred_at, a.actor_user_id, a.actor_roles, a.method, a.action,
               a.request_id, a.thread_id, a.resource, coalesce(a.message_ids::text[], '{}') as message_ids,
               a.first_message_id, a.last_message_id, a.message_count
          from access_audit a where ${where.join(' and ')}

@@ -3,7 +3,7 @@ import { type AuditFilter, type AuditRecord, AuditRepository } from '../audit/au
 import type { Clock } from '../clock.js';
 import type { Db } from '../db.js';
 import { EtagMismatch, InvalidArgument, Violations } from '../errors.js';
-import { newId } from '../ids.js';
+import { isUuid, newId } from '../ids.js';
 import { latestPosition, type MessagePosition } from '../message/message.entity.js';
 import { type MessageRecord, MessageRepository } from '../message/message.repository.js';
 import { MessageNotFound } from '../message/message.errors.js';
@@ -88,7 +88,7 @@ export class GovernanceService {
     if (input.pageToken !== '') {
       const token = decodePageToken('audit', input.pageToken);
       const same = Object.entries(filter).every(([k, value]) => token[k] === value);
-      if (!same || typeof token.b !== 'string' || !/^\d{1,19}$/.test(token.b)) {
+      if (!same || typeof token.b !== 'string' || !isUuid(token.b)) {
         throw new InvalidArgument([{ field: 'page_token', description: 'does not continue this query' }]);
       }
       before = token.b;

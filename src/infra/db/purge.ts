@@ -4,8 +4,9 @@ import pg from 'pg';
 export type PurgeResult = ReadonlyMap<string, number>;
 
 /**
- * The retention purge, run by the scheduled job (or a test): calls `comms_purge_bodies` (migration
- * 20261202000000) in batches until nothing is due, each batch its own transaction. It connects on its
+ * The retention purge, run by the scheduled job (or a test): for each tenant with a retention period,
+ * calls `comms_purge_bodies` (migration 20261202000000) in batches until nothing is due, each batch its
+ * own transaction touching one tenant's rows. It connects on its
  * own, as the retention role (RETENTION_DB_ROLE, optionally through RETENTION_DATABASE_URL): the
  * service's pool runs as comms_app, which may not call the function.
  */
@@ -27,17 +28,21 @@ export class RetentionPurge {
     await client.connect();
     const purged = new Map<string, number>();
     try {
-      for (;;) {
-        const { rows } = await client.query<{ tenant_id: string; purged: number }>(
-          'select tenant_id, purged from comms_purge_bodies($1, $2)',
-          [now, this.batch],
-        );
-        let n = 0;
-        for (const r of rows) {
-          purged.set(r.tenant_id, (purged.get(r.tenant_id) ?? 0) + r.purged);
-          n += r.purged;
+      const { rows: tenants } = await client.query<{ tenant_id: string }>(
+        'select tenant_id from retention_policy where body_retention_days is not null order by tenant_id',
+      );
+      for (const { tenant_id: tenant } of tenants) {
+        let total = 0;
+        for (;;) {
+          const { rows } = await client.query<{ n: number }>('select comms_purge_bodies($1, $2, $3) as n', [
+            tenant,
+            now,
+            this.batch,
+          ]);
+          total += rows[0]!.n;
+          if (rows[0]!.n < this.batch) break;
         }
-        if (n < this.batch) break;
+        if (total > 0) purged.set(tenant, total);
       }
     } finally {
       await client.end();

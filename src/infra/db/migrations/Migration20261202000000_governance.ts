@@ -16,8 +16,11 @@ import { Migration } from '@mikro-orm/migrations';
  *
  * Migrations themselves run as the connecting (owner) user, before the pool switches roles.
  */
-/** The advisory lock (one bigint key) that orders hold placements against purge batches. */
-export const HOLD_LOCK = 73_001_009;
+/**
+ * The advisory lock that orders hold placements against purge batches, one per tenant:
+ * (HOLD_LOCK, hashtext(tenant_id)).
+ */
+export const HOLD_LOCK = 7300;
 
 export class Migration20261202000000_governance extends Migration {
   override name = 'Migration20261202000000_governance';
@@ -90,7 +93,8 @@ export class Migration20261202000000_governance extends Migration {
     this.addSql(`
       create table access_audit (
         tenant_id        text        not null,
-        audit_id         bigint      generated always as identity,
+        -- UUIDv7 from the writer: time-ordered, no sequence shared across tenants.
+        audit_id         uuid        not null,
         occurred_at      timestamptz not null,
         actor_user_id    text        not null,
         actor_roles      text[]      not null,
@@ -189,7 +193,7 @@ export class Migration20261202000000_governance extends Migration {
     this.addSql(`
       create function comms_legal_hold_placing() returns trigger language plpgsql as $$
       begin
-        perform pg_advisory_xact_lock_shared(${HOLD_LOCK});
+        perform pg_advisory_xact_lock_shared(${HOLD_LOCK}, hashtext(new.tenant_id));
         return new;
       end $$`);
     this.addSql(`
@@ -199,21 +203,20 @@ export class Migration20261202000000_governance extends Migration {
     // The retention purge: the only path that changes a message row. SECURITY DEFINER, owned by
     // comms_purger; callable by comms_retention only.
     this.addSql(`
-      create function comms_purge_bodies(p_now timestamptz, p_limit integer)
-        returns table (tenant_id text, purged integer)
+      create function comms_purge_bodies(p_tenant text, p_now timestamptz, p_limit integer) returns integer
       language plpgsql security definer set search_path = public, pg_temp as $$
-      #variable_conflict use_column
+      declare
+        n integer;
       begin
-        -- A hold being placed (its insert holds HOLD_LOCK shared) commits before this batch reads, or
-        -- waits until the batch commits: nothing it covers is purged after it is placed.
-        perform pg_advisory_xact_lock(${HOLD_LOCK});
-        return query
+        -- A hold being placed in this tenant (its insert holds the lock shared) commits before this
+        -- batch reads, or waits until the batch commits: nothing it covers is purged after it is placed.
+        perform pg_advisory_xact_lock(${HOLD_LOCK}, hashtext(p_tenant));
         with due as (
           select m.tenant_id, m.message_id
             from retention_policy r
             join message m on m.tenant_id = r.tenant_id and m.purged_at is null
                           and m.sent_at < p_now - make_interval(days => r.body_retention_days)
-           where r.body_retention_days is not null
+           where r.tenant_id = p_tenant and r.body_retention_days is not null
              and not exists (select 1 from legal_hold h
                               where h.tenant_id = m.tenant_id and h.thread_id = m.thread_id
                                 and h.released_at is null)
@@ -224,16 +227,17 @@ export class Migration20261202000000_governance extends Migration {
                                 and h.released_at is null)
            limit p_limit
            for update of m skip locked
-        ), purged as (
-          update message m set body = null, body_sha256 = null, purged_at = p_now
-            from due where m.tenant_id = due.tenant_id and m.message_id = due.message_id
-          returning m.tenant_id
         )
-        select p.tenant_id, count(*)::integer from purged p group by p.tenant_id;
+        update message m set body = null, body_sha256 = null, purged_at = p_now
+          from due where m.tenant_id = due.tenant_id and m.message_id = due.message_id;
+        get diagnostics n = row_count;
+        return n;
       end $$`);
-    this.addSql('alter function comms_purge_bodies(timestamptz, integer) owner to comms_purger');
-    this.addSql('revoke all on function comms_purge_bodies(timestamptz, integer) from public');
-    this.addSql('grant execute on function comms_purge_bodies(timestamptz, integer) to comms_retention');
+    this.addSql('alter function comms_purge_bodies(text, timestamptz, integer) owner to comms_purger');
+    this.addSql('revoke all on function comms_purge_bodies(text, timestamptz, integer) from public');
+    this.addSql('grant execute on function comms_purge_bodies(text, timestamptz, integer) to comms_retention');
+    // The job purges tenant by tenant (one tenant's rows per call, as Citus would route it).
+    this.addSql('grant select on retention_policy to comms_retention');
     this.addSql('grant usage on schema public to comms_purger, comms_retention, comms_app');
     this.addSql(`
       grant select on message, retention_policy, legal_hold, thread_participant to comms_purger;
@@ -268,7 +272,7 @@ export class Migration20261202000000_governance extends Migration {
       revoke all on all sequences in schema public from comms_app;
       alter default privileges in schema public revoke all on tables from comms_app;
       alter default privileges in schema public revoke all on sequences from comms_app`);
-    this.addSql('drop function comms_purge_bodies(timestamptz, integer)');
+    this.addSql('drop function comms_purge_bodies(text, timestamptz, integer)');
     this.addSql('drop table legal_hold');
     this.addSql('drop function comms_legal_hold_release_only, comms_legal_hold_placing');
     this.addSql('drop table retention_policy');
