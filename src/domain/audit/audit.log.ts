@@ -49,6 +49,9 @@ interface Pending {
 /** Ids listed per record; a record that would list more keeps its range and count only. */
 const MAX_LISTED = 1000;
 
+/** Records written per statement; as many pending start a write at once, without waiting for the timer. */
+const BATCH = 1000;
+
 /** The audit cannot take more records (the database has not taken them for a while): refuse reads. */
 export class AuditUnavailable extends DomainError {
   constructor() {
@@ -167,7 +170,8 @@ export class AuditLog {
       this.#open.set(key, row);
     }
     this.#pending.push(row);
-    this.#timer ??= setTimeout(() => void this.flush(), this.options.flushMs);
+    if (this.#pending.length === BATCH && this.#failures === 0) void this.flush();
+    else this.#timer ??= setTimeout(() => void this.flush(), this.options.flushMs);
   }
 
   async #write(): Promise<void> {
@@ -175,12 +179,18 @@ export class AuditLog {
     const batch = this.#pending;
     this.#pending = [];
     this.#open.clear();
+    let written = 0;
     try {
-      await new AuditRepository(this.orm.em.fork() as EntityManager).insert(batch);
+      const repo = new AuditRepository(this.orm.em.fork() as EntityManager);
+      while (written < batch.length) {
+        const chunk = batch.slice(written, written + BATCH);
+        await repo.insert(chunk);
+        written += chunk.length;
+      }
       this.#failures = 0;
     } catch (err) {
-      // Keep them, in order, ahead of what came since; retry with backoff.
-      this.#pending = batch.concat(this.#pending);
+      // Keep what was not written, in order, ahead of what came since; retry with backoff.
+      this.#pending = batch.slice(written).concat(this.#pending);
       this.#failures++;
       this.warn(err, this.#pending.length);
       this.#timer ??= setTimeout(() => void this.flush(), Math.min(30_000, 250 * 2 ** this.#failures));
