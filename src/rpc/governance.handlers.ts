@@ -80,58 +80,40 @@ export function governanceHandlers(governance: GovernanceService) {
     return { holds: holds.map(holdToPb), nextPageToken };
   };
 
-  /** The export, recorded in the audit as the one range it delivered (also when it ends early). */
+  /**
+   * The export. Each batch is recorded in the audit (as a range; consecutive batches of one export
+   * become one record) before any of it is handed out, so content never leaves unaudited, and a full
+   * audit buffer stops the export (UNAVAILABLE) rather than letting it go on unrecorded.
+   */
   const exportThread: StreamHandler<ExportThreadRequest, ExportThreadResponse> = async function* (req, ctx) {
-    let first: { messageId: string; seq: number } | undefined;
-    let last: { messageId: string; seq: number } | undefined;
-    let count = 0;
     let threadId = '';
-    try {
-      for await (const item of governance.exportThread(ctx.actor, ctx, req.threadId)) {
-        if (item.kind === 'header') {
-          threadId = item.thread.thread.threadId;
-          yield {
-            item: {
-              $case: 'header',
-              value: {
-                thread: threadToPb(item.thread),
-                asOf: item.asOf,
-                through: item.through,
-                messageCount: String(item.count),
-              },
+    for await (const item of governance.exportThread(ctx.actor, ctx, req.threadId)) {
+      if (item.kind === 'header') {
+        threadId = item.thread.thread.threadId;
+        yield {
+          item: {
+            $case: 'header',
+            value: {
+              thread: threadToPb(item.thread),
+              asOf: item.asOf,
+              through: item.through,
+              messageCount: String(item.count),
             },
-          };
-        } else if (item.kind === 'message') {
-          const { message } = item;
+          },
+        };
+      } else if (item.kind === 'batch') {
+        const first = item.items[0]!.message;
+        const last = item.items.at(-1)!.message;
+        ctx.audit({ threadId, range: { first, last, count: item.items.length } });
+        for (const { message, receipts } of item.items) {
           yield {
-            item: {
-              $case: 'message',
-              value: { message: messageToPb(message), receipts: item.receipts.map(receiptToPb) },
-            },
-          };
-          // Resumed once the adapter has written the item: the audit counts what was handed out.
-          first ??= message;
-          last = message;
-          count++;
-        } else {
-          yield {
-            item: {
-              $case: 'end',
-              value: { messageCount: String(item.messages), receiptCount: String(item.receipts) },
-            },
+            item: { $case: 'message', value: { message: messageToPb(message), receipts: receipts.map(receiptToPb) } },
           };
         }
-      }
-    } finally {
-      if (first && last) {
-        ctx.audit({
-          threadId,
-          range: {
-            first: { messageId: first.messageId, seq: first.seq },
-            last: { messageId: last.messageId, seq: last.seq },
-            count,
-          },
-        });
+      } else {
+        yield {
+          item: { $case: 'end', value: { messageCount: String(item.messages), receiptCount: String(item.receipts) } },
+        };
       }
     }
   };

@@ -47,7 +47,13 @@ export function messageHandlers(messages: MessageService) {
       direction: directionFromPb(req.direction),
       cursor: req.cursor,
     });
-    ctx.audit({ threadId: req.threadId, messages: page.messages });
+    // A page is a contiguous run of the thread (gapless seqs): its ends and count say which messages.
+    const [first, last] = [page.messages[0], page.messages.at(-1)];
+    ctx.audit(
+      first && last
+        ? { threadId: req.threadId, range: { first, last, count: page.messages.length } }
+        : { threadId: req.threadId },
+    );
     return {
       messages: page.messages.map((m) => messageToPb(m)),
       nextPageToken: page.nextPageToken,

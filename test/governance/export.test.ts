@@ -248,6 +248,19 @@ describe('GovernanceService.ExportThread', () => {
     const receiptCount = await expectReceipts(s.provider, s.thread.threadId, ex.messages);
     expect(receiptCount).to.equal(41);
     expect(ex.end).to.deep.equal({ messageCount: '3050', receiptCount: '41' });
+    // Batches of 500 are recorded as they go out; consecutive ones join: ranges covering 1..3050 once.
+    await env.app.audit.flush();
+    const { rows: audit } = await db().query<{ first_seq: number; last_seq: number; message_count: number }>(
+      `select first_seq, last_seq, message_count from access_audit
+        where tenant_id = $1 and thread_id = $2 and method like '%/ExportThread' order by first_seq`,
+      [s.tenantId, s.thread.threadId],
+    );
+    expect(audit.length, 'audit rows of the export').to.be.within(1, 7);
+    audit.forEach((r, i) => {
+      expect(r.first_seq, `range ${i} starts where the last ended`).to.equal(i === 0 ? 1 : audit[i - 1]!.last_seq + 1);
+      expect(r.message_count, `range ${i} count`).to.equal(r.last_seq - r.first_seq + 1);
+    });
+    expect(audit.at(-1)!.last_seq).to.equal(3050);
   });
 
   it('with writers sending during a slow export: exactly the messages up to header.through, in order', async function () {

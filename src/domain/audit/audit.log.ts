@@ -11,7 +11,7 @@ export interface AuditTarget {
   readonly resource?: string;
   /** The messages, with their positions in the thread when known. */
   readonly messages?: readonly { readonly messageId: string; readonly seq?: number }[];
-  /** A range read too long to list (an export): its ends and count. */
+  /** A contiguous run of a thread's messages (a page, an export's batch): its ends and count. */
   readonly range?: {
     readonly first: { readonly messageId: string; readonly seq: number };
     readonly last: { readonly messageId: string; readonly seq: number };
@@ -135,9 +135,17 @@ export class AuditLog {
     const threadId = target.threadId && isUuid(target.threadId) ? target.threadId : null;
     const messages = (target.messages ?? []).filter((m) => isUuid(m.messageId));
     const key = `${call.requestId} ${call.method} ${action} ${threadId ?? ''} ${target.resource ?? ''}`;
-    const open = target.range ? undefined : this.#open.get(key);
-    if (open && open.message_ids && open.message_ids.length + messages.length <= MAX_LISTED) {
+    const open = this.#open.get(key);
+    const { range } = target;
+    if (open && !range && open.message_ids && open.message_ids.length + messages.length <= MAX_LISTED) {
       extend(open, messages);
+      return;
+    }
+    // The next stretch of a range already open in this batch (an export's next batch): one row.
+    if (open && range && !open.message_ids && open.last_seq !== null && range.first.seq === open.last_seq + 1) {
+      open.last_seq = range.last.seq;
+      open.last_message_id = range.last.messageId;
+      open.message_count += range.count;
       return;
     }
     const row: Pending = {
@@ -158,17 +166,17 @@ export class AuditLog {
       last_message_id: null,
       message_count: 0,
     };
-    if (target.range) {
+    if (range) {
       row.message_ids = null;
-      row.first_seq = target.range.first.seq;
-      row.last_seq = target.range.last.seq;
-      row.first_message_id = target.range.first.messageId;
-      row.last_message_id = target.range.last.messageId;
-      row.message_count = target.range.count;
+      row.first_seq = range.first.seq;
+      row.last_seq = range.last.seq;
+      row.first_message_id = range.first.messageId;
+      row.last_message_id = range.last.messageId;
+      row.message_count = range.count;
     } else {
       extend(row, messages.slice(0, MAX_LISTED));
-      this.#open.set(key, row);
     }
+    this.#open.set(key, row);
     this.#pending.push(row);
     if (this.#pending.length === BATCH && this.#failures === 0) void this.flush();
     else this.#timer ??= setTimeout(() => void this.flush(), this.options.flushMs);

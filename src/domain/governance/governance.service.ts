@@ -41,7 +41,11 @@ export type ExportItem =
       readonly through: MessagePosition | undefined;
       readonly count: number;
     }
-  | { readonly kind: 'message'; readonly message: MessageRecord; readonly receipts: readonly ReceiptRecord[] }
+  | {
+      /** The next messages in thread order (a contiguous run), each with its receipts. */
+      readonly kind: 'batch';
+      readonly items: readonly { readonly message: MessageRecord; readonly receipts: readonly ReceiptRecord[] }[];
+    }
   | { readonly kind: 'end'; readonly messages: number; readonly receipts: number };
 
 /** Messages read per export batch: the next batch is read only once the client took the previous one. */
@@ -227,7 +231,7 @@ export class GovernanceService {
   /**
    * A thread's history up to its newest message when the export starts, in thread order, read in
    * batches by position (short statements, no long-lived snapshot holding back the database's
-   * cleanup): the consumer pulls the next item only when the client has taken the last one.
+   * cleanup): the consumer pulls the next batch only when the client has taken the last one.
    */
   async *exportThread(actor: Actor, db: Db, threadId: string): AsyncGenerator<ExportItem> {
     const thread = await this.threads.get(actor, db, threadId);
@@ -251,12 +255,10 @@ export class GovernanceService {
           if (!list) byMessage.set(r.messageId, (list = []));
           list.push(r);
         }
-        for (const message of batch) {
-          const list = byMessage.get(message.messageId) ?? [];
-          messages++;
-          receipts += list.length;
-          yield { kind: 'message', message, receipts: list };
-        }
+        const items = batch.map((message) => ({ message, receipts: byMessage.get(message.messageId) ?? [] }));
+        messages += items.length;
+        for (const item of items) receipts += item.receipts.length;
+        yield { kind: 'batch', items };
         after = last;
       }
       yield { kind: 'end', messages, receipts };
