@@ -7,12 +7,24 @@ import type { CpuUsage } from './cpu.js';
 import type { LoadResult } from './loadgen.js';
 import { type BenchConfig, SCENARIOS, type ScenarioName } from './scenarios.js';
 
+/** The access_audit rows a scenario's calls wrote (warm-up, window and drain), and its OK calls. */
+export interface AuditCount {
+  readonly rows: number;
+  /** Message ids the rows record (listed, or counted in a range). */
+  readonly messageIds: number;
+  readonly calls: number;
+}
+
 /** One scenario's outcome: measured, or not runnable (setup failed). */
 export interface ScenarioOutcome {
   readonly name: ScenarioName;
   readonly load?: LoadResult;
   readonly cpu?: CpuUsage;
   readonly setupError?: string;
+  /** Counted for every scenario on the service. */
+  readonly audit?: AuditCount;
+  /** The audit rows are not what the scenario's audit switch says (see run.ts); the scenario is invalid. */
+  readonly auditProblem?: string;
 }
 
 export type RunInfo = CommonRunInfo<BenchConfig>;
@@ -32,9 +44,9 @@ const TARGETS: readonly Target[] = [
   { label: 'MarkRead(50)', scenario: 'markread-50', minThroughputRatio: 0.5 },
 ];
 
-/** Valid: measured, without a single non-OK answer, with at least one OK call. */
+/** Valid: measured, without a single non-OK answer, with at least one OK call, audit rows as expected. */
 export function isValid(o: ScenarioOutcome | undefined): o is ScenarioOutcome & { load: LoadResult } {
-  return !!o?.load && o.load.errorCount === 0 && o.load.okCalls > 0;
+  return !!o?.load && o.load.errorCount === 0 && o.load.okCalls > 0 && !o.auditProblem;
 }
 
 const num = (v: number | undefined, digits = 1) => (v === undefined ? '—' : v.toFixed(digits));
@@ -42,9 +54,39 @@ const ratio = (v: number | undefined) => (v === undefined ? '—' : `${v.toFixed
 
 function errorsCell(o: ScenarioOutcome): string {
   if (o.setupError) return `setup failed: ${o.setupError}`;
-  const errors = Object.entries(o.load!.errors);
-  if (errors.length === 0) return '0';
-  return errors.map(([code, n]) => `${n} ${code}`).join(', ');
+  const errors = Object.entries(o.load!.errors).map(([code, n]) => `${n} ${code}`);
+  if (o.auditProblem) errors.push('audit check failed');
+  return errors.length === 0 ? '0' : errors.join(', ');
+}
+
+/**
+ * What the access audit costs ListMessages(50) (issue 9): `list-50` (audit on) against `list-50-noaudit`
+ * (the same calls to a service process with AUDIT_ENABLED=false), as ratios with ÷ without.
+ */
+function auditCost(outcomes: readonly ScenarioOutcome[]) {
+  const on = outcomes.find((o) => o.name === 'list-50');
+  const off = outcomes.find((o) => o.name === 'list-50-noaudit');
+  const both = isValid(on) && isValid(off);
+  const div = (a: number | undefined, b: number | undefined) => (both && a !== undefined && b ? a / b : undefined);
+  return {
+    on,
+    off,
+    throughput: div(on?.load?.callsPerSecond, off?.load?.callsPerSecond),
+    p50: div(on?.load?.p50Ms, off?.load?.p50Ms),
+    p99: div(on?.load?.p99Ms, off?.load?.p99Ms),
+    serviceCpu: div(cpuMsPerCall(on, 'service'), cpuMsPerCall(off, 'service')),
+    postgresCpu: div(cpuMsPerCall(on, 'postgres'), cpuMsPerCall(off, 'postgres')),
+  };
+}
+
+/**
+ * CPU per OK call in the window, ms: less sensitive to other load on the machine than calls/s and
+ * latency, which move with whatever else runs.
+ */
+function cpuMsPerCall(o: ScenarioOutcome | undefined, who: 'service' | 'postgres'): number | undefined {
+  const pct = o?.cpu?.[who];
+  const rate = o?.load?.callsPerSecond;
+  return pct === undefined || !rate ? undefined : (pct * 10) / rate;
 }
 
 function ratios(o: ScenarioOutcome, base: ScenarioOutcome | undefined) {
@@ -112,6 +154,38 @@ export function markdown(info: RunInfo, outcomes: readonly ScenarioOutcome[]): s
   for (const t of checkTargets(outcomes)) {
     lines.push(`| ${t.label} | ${t.requirement} | ${t.measured} | ${t.result} |`);
   }
+  const cost = auditCost(outcomes);
+  if (cost.on || cost.off) {
+    lines.push(
+      '',
+      'Access audit cost (issue 9): ListMessages(50) with the audit on (`list-50`) and off (`list-50-noaudit`, ' +
+        'a second service process with `AUDIT_ENABLED=false`); audit rows counted in `access_audit` after each ' +
+        'scenario (warm-up and window):',
+      '',
+      '| scenario | audit | calls/s | p50 ms | p99 ms | service CPU ms/call | PostgreSQL CPU ms/call | OK calls | audit rows written | message ids recorded |',
+      '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|',
+    );
+    for (const [o, label] of [
+      [cost.on, 'on'],
+      [cost.off, 'off'],
+    ] as const) {
+      if (!o) continue;
+      const l = o.load;
+      const a = o.audit;
+      lines.push(
+        `| ${o.name}${isValid(o) ? '' : ' (INVALID)'} | ${label} | ${l ? num(l.callsPerSecond, 0) : '—'} | ` +
+          `${num(l?.p50Ms, 2)} | ${num(l?.p99Ms, 2)} | ${num(cpuMsPerCall(o, 'service'), 3)} | ` +
+          `${num(cpuMsPerCall(o, 'postgres'), 3)} | ${a?.calls ?? '—'} | ${a?.rows ?? '—'} | ${a?.messageIds ?? '—'} |`,
+      );
+    }
+    lines.push(
+      `| **ratio on ÷ off** | | **${ratio(cost.throughput)}** | **${ratio(cost.p50)}** | **${ratio(cost.p99)}** | ` +
+        `${ratio(cost.serviceCpu)} | ${ratio(cost.postgresCpu)} | | | |`,
+      '',
+      'The figures of two windows run one after the other: other load on the machine moves calls/s and latency ' +
+        'between them (see "anything else" below); CPU per call moves much less.',
+    );
+  }
   lines.push(
     '',
     `CPU during the measurement window, in % of one core (${info.cores} cores = ${100 * info.cores} %):`,
@@ -143,6 +217,7 @@ export function markdown(info: RunInfo, outcomes: readonly ScenarioOutcome[]): s
     Object.entries(o.load?.errorSamples ?? {}).map(([code, msg]) => `- ${o.name}, ${code}: ${msg}`),
   );
   const setups = outcomes.filter((o) => o.setupError).map((o) => `- ${o.name}: ${o.setupError}`);
+  setups.push(...outcomes.filter((o) => o.auditProblem).map((o) => `- ${o.name}, audit check: ${o.auditProblem}`));
   if (samples.length > 0 || setups.length > 0) {
     lines.push(
       '',
@@ -199,6 +274,8 @@ export function json(info: RunInfo, outcomes: readonly ScenarioOutcome[]): unkno
             errors: l?.errors ?? {},
             errorsInWindow: l?.errorsInWindow ?? {},
             errorSamples: l?.errorSamples ?? {},
+            audit: o.audit ?? null,
+            auditProblem: o.auditProblem ?? null,
             throughputRatioToBaseline: round(r.throughput),
             p99RatioToBaseline: round(r.p99),
             cpuPercentOfOneCore: {
@@ -215,5 +292,22 @@ export function json(info: RunInfo, outcomes: readonly ScenarioOutcome[]): unkno
       }),
     ),
     targets: Object.fromEntries(checkTargets(outcomes).map((t) => [t.label, { ...t }])),
+    auditCost: (() => {
+      const cost = auditCost(outcomes);
+      if (!cost.on || !cost.off) return null;
+      return {
+        throughputRatio: round(cost.throughput),
+        p50Ratio: round(cost.p50),
+        p99Ratio: round(cost.p99),
+        serviceCpuPerCallRatio: round(cost.serviceCpu),
+        postgresCpuPerCallRatio: round(cost.postgresCpu),
+        cpuMsPerCall: Object.fromEntries(
+          [cost.on!, cost.off!].map((o) => [
+            o.name,
+            { service: round(cpuMsPerCall(o, 'service')), postgres: round(cpuMsPerCall(o, 'postgres')) },
+          ]),
+        ),
+      };
+    })(),
   };
 }

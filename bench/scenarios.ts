@@ -42,6 +42,8 @@ export const SCENARIOS = {
   'send-replay': 'SendMessage retries: replays of already-sent messages (same key, thread and body)',
   'markread-50': 'MarkRead of 50 message ids, read_at = now, by a participant',
   'list-50': 'ListMessages, page of 50, BACKWARD (newest page) on a seeded thread',
+  'list-50-noaudit':
+    'list-50 against a second service process started with AUDIT_ENABLED=false (the access audit off), same threads and readers',
   'session-join':
     'JoinSession by a provider already in the room: a fresh join credential (session row lock, clock check, signing)',
 } as const;
@@ -104,7 +106,8 @@ export async function createThread(
 /** What one scenario asks of the load generator. */
 export interface ScenarioPlan {
   readonly kind: CallKind;
-  readonly target: 'baseline' | 'service';
+  /** Which server the load goes to: the raw baseline, the service, or the service with the audit off. */
+  readonly target: 'baseline' | 'service' | 'service-noaudit';
   readonly threads: readonly string[];
   readonly messageSets: readonly (readonly string[])[];
   readonly slots: readonly SlotPlan[];
@@ -357,11 +360,12 @@ export class Scene {
           messageSets: [],
           slots: each((g) => slot(g, this.#hosts[this.workerOfSlot[g]!]!.token)),
         };
-      case 'list-50': {
+      case 'list-50':
+      case 'list-50-noaudit': {
         const { threadIds } = await this.readThreads();
         return {
           kind: 'list',
-          target: 'service',
+          target: name === 'list-50' ? 'service' : 'service-noaudit',
           threads: threadIds,
           messageSets: [],
           slots: each((g) =>
