@@ -51,10 +51,12 @@ export interface MessageRecord {
   readonly retraction?: Retraction;
 }
 
+/** A message's own columns. */
+const MESSAGE_COLUMNS = `m.tenant_id, m.message_id, m.thread_id, m.seq, m.sender_user_id, m.client_mutation_id,
+  m.body, m.body_sha256, m.client_sent_at, m.sent_at, m.purged_at`;
+const RETRACTION_COLUMNS = 'r.retracted_by, r.by_moderator, r.reason as retraction_reason, r.retracted_at';
 /** A message with its retraction: `message m left join message_retraction r`. */
-const COLUMNS = `m.tenant_id, m.message_id, m.thread_id, m.seq, m.sender_user_id, m.client_mutation_id, m.body,
-  m.body_sha256, m.client_sent_at, m.sent_at, m.purged_at, r.retracted_by, r.by_moderator,
-  r.reason as retraction_reason, r.retracted_at`;
+const COLUMNS = `${MESSAGE_COLUMNS}, ${RETRACTION_COLUMNS}`;
 const FROM = `message m
   left join message_retraction r on r.tenant_id = m.tenant_id and r.message_id = m.message_id`;
 
@@ -143,6 +145,11 @@ export class MessageRepository {
         [message.tenantId, message.messageId, message.threadId, by, byModerator, reason, at],
       );
       if (rows.length === 0) return false;
+      // Pages of this thread look for retractions from now on (see `page`).
+      await em.execute(
+        'update thread set has_retraction = true where tenant_id = ? and thread_id = ? and not has_retraction',
+        [message.tenantId, message.threadId],
+      );
       await new FeedRepository(em).append(
         message.tenantId,
         [
@@ -235,11 +242,14 @@ export class MessageRepository {
     limit: number,
   ): Promise<{ access: ThreadAccess; rows: MessageRecord[] } | undefined> {
     const range = boundary === undefined ? '' : forward ? ' and m.seq > ?' : ' and m.seq < ?';
+    // Without a retraction in the thread (the common case) no join: the page costs what it did before
+    // retractions existed. Otherwise its retractions are read with it (the flag is set in the
+    // retraction's transaction, so the snapshot that sees one sees the other).
     const rows: Record<string, unknown>[] = await this.em.execute(
-      `select ${THREAD_ACCESS_COLUMNS}, m.*
+      `select ${THREAD_ACCESS_COLUMNS}, t.has_retraction, m.*
          from thread t
          left join lateral (
-           select ${COLUMNS} from ${FROM}
+           select ${MESSAGE_COLUMNS} from message m
             where m.tenant_id = t.tenant_id and m.thread_id = t.thread_id${range}
             order by m.seq ${forward ? 'asc' : 'desc'} limit ?
          ) m on true
@@ -247,9 +257,19 @@ export class MessageRepository {
       [userId, ...(boundary === undefined ? [] : [boundary]), limit + 1, tenantId, threadId],
     );
     if (rows.length === 0) return undefined;
-    return {
-      access: threadAccessOf(rows[0]!),
-      rows: rows.filter((r) => r.message_id !== null).map(toRecord),
-    };
+    const found = rows.filter((r) => r.message_id !== null);
+    const page = rows[0]!.has_retraction === true && found.length > 0 ? await this.#withRetractions(found) : found;
+    return { access: threadAccessOf(rows[0]!), rows: page.map(toRecord) };
+  }
+
+  /** The page's rows with their retraction columns (one query for the page). */
+  async #withRetractions(rows: Record<string, unknown>[]): Promise<Record<string, unknown>[]> {
+    const retracted: Record<string, unknown>[] = await this.em.execute(
+      `select r.message_id, ${RETRACTION_COLUMNS} from message_retraction r
+        where r.tenant_id = ? and r.message_id in (select value::uuid from jsonb_array_elements_text(?::jsonb))`,
+      [rows[0]!.tenant_id, JSON.stringify(rows.map((r) => r.message_id))],
+    );
+    const byId = new Map(retracted.map((r) => [r.message_id, r]));
+    return rows.map((r) => ({ ...r, ...byId.get(r.message_id) }));
   }
 }

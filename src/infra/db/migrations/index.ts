@@ -9,6 +9,7 @@ import { Migration20261129060000_feed } from './Migration20261129060000_feed.js'
 import { Migration20261130000000_notifications } from './Migration20261130000000_notifications.js';
 import { Migration20261201000000_sessions } from './Migration20261201000000_sessions.js';
 import { Migration20261202000000_governance } from './Migration20261202000000_governance.js';
+import { Migration20261202010000_retraction_flag } from './Migration20261202010000_retraction_flag.js';
 
 /** Every migration, in order. Committed; applied at start by `migrate()`, never `schema:update`. */
 export const migrationsList: MigrationObject[] = [
@@ -22,4 +23,5 @@ export const migrationsList: MigrationObject[] = [
   { name: 'Migration20261130000000_notifications', class: Migration20261130000000_notifications },
   { name: 'Migration20261201000000_sessions', class: Migration20261201000000_sessions },
   { name: 'Migration20261202000000_governance', class: Migration20261202000000_governance },
+  { name: 'Migration20261202010000_retraction_flag', class: Migration20261202010000_retraction_flag },
 ];
