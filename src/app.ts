@@ -182,7 +182,6 @@ export async function startApp(config: Config, opts: { clock?: Clock; log?: Logg
     },
     log,
   );
-
   const feeds = new FeedHub(orm, log, { cacheEvents: config.feed.cacheEvents, pageSize: 200 });
   const listener = new FeedListener(
     url,

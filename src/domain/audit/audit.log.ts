@@ -179,7 +179,7 @@ export class AuditLog {
     this.#open.set(key, row);
     this.#pending.push(row);
     if (this.#pending.length === BATCH && this.#failures === 0) void this.flush();
-    else this.#timer ??= setTimeout(() => void this.flush(), this.options.flushMs);
+    else this.#timer ??= setTimeout(() => void this.flush(), this.options.flushMs).unref();
   }
 
   async #write(): Promise<void> {
@@ -201,7 +201,7 @@ export class AuditLog {
       this.#pending = batch.slice(written).concat(this.#pending);
       this.#failures++;
       this.warn(err, this.#pending.length);
-      this.#timer ??= setTimeout(() => void this.flush(), Math.min(30_000, 250 * 2 ** this.#failures));
+      this.#timer ??= setTimeout(() => void this.flush(), Math.min(30_000, 250 * 2 ** this.#failures)).unref();
     }
   }
 }

@@ -6,9 +6,9 @@ export type PurgeResult = ReadonlyMap<string, number>;
 /**
  * The retention purge, run by the scheduled job (or a test): for each tenant with a retention period,
  * calls `comms_purge_bodies` (migration 20261202000000) in batches until nothing is due, each batch its
- * own transaction touching one tenant's rows. It connects on its
- * own, as the retention role (RETENTION_DB_ROLE, optionally through RETENTION_DATABASE_URL): the
- * service's pool runs as comms_app, which may not call the function.
+ * own transaction touching one tenant's rows. It connects on its own, as the retention role
+ * (RETENTION_DB_ROLE, optionally through RETENTION_DATABASE_URL): the service's pool runs as comms_app,
+ * which may not call the function.
  */
 export class RetentionPurge {
   constructor(
