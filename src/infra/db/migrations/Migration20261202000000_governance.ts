@@ -255,7 +255,9 @@ export class Migration20261202000000_governance extends Migration {
     this.addSql('grant execute on function comms_enqueue_dispatch(text, uuid[], timestamptz[]) to comms_app');
     this.addSql('grant execute on function comms_enqueue_session_timer(text, uuid, timestamptz) to comms_app');
 
-    // The service's normal role: everything it needs, minus what governance forbids.
+    // The service's normal role: everything it needs, minus what governance forbids. Tables a later
+    // migration creates are granted to it by default: an append-only one revokes UPDATE, DELETE and
+    // TRUNCATE itself, as this one does.
     this.addSql(`
       grant select, insert, update, delete on all tables in schema public to comms_app;
       grant usage, select on all sequences in schema public to comms_app;
