@@ -130,3 +130,14 @@ export class CpuSampler {
     };
   }
 }
+
+/** VmRSS of a process in MB, from /proc/<pid>/status; undefined when unreadable. */
+export function rssMb(pid: number | undefined): number | undefined {
+  if (pid === undefined) return undefined;
+  try {
+    const m = /^VmRSS:\s+(\d+)\s+kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) / 1024 : undefined;
+  } catch {
+    return undefined;
+  }
+}

@@ -22,7 +22,6 @@
  * and the access audit's ExportThread rows for it are contiguous ranges covering seq 1..N exactly once. Prints the markdown
  * report and writes bench/results/export-latest.md and .json. Exit code 1 when an export is invalid.
  */
-import { readFileSync } from 'node:fs';
 import { credentials, type Metadata } from '@grpc/grpc-js';
 import pg from 'pg';
 import { type ExportThreadResponse, GovernanceServiceClient } from '../../gen/comms/v1/governance.js';
@@ -30,6 +29,7 @@ import { ThreadServiceClient } from '../../gen/comms/v1/thread.js';
 import { signDevToken } from '../../src/infra/auth/dev-token.js';
 import { DEV_JWT_SECRET } from '../../src/infra/config/config.js';
 import { intEnv, type RunInfo as CommonRunInfo, runInfo, writeReport } from '../common.js';
+import { rssMb } from '../cpu.js';
 import { createDatabase, freePort, runMain, type RunningProcess, settle, startService } from '../environment.js';
 import { bearer, describeError } from '../protocol.js';
 import { createThread, devUser, type User } from '../scenarios.js';
@@ -81,17 +81,6 @@ function readConfig(): ExportConfig {
 const isKnob = (k: string) => k.startsWith('BENCH_EXPORT_');
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
-
-/** VmRSS of a process in MB, from /proc/<pid>/status; undefined when unreadable. */
-function rssMb(pid: number | undefined): number | undefined {
-  if (pid === undefined) return undefined;
-  try {
-    const m = /^VmRSS:\s+(\d+)\s+kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-    return m ? Number(m[1]) / 1024 : undefined;
-  } catch {
-    return undefined;
-  }
-}
 
 /** What the service's Prometheus endpoint says about its memory, MB. */
 interface ServiceMemory {

@@ -8,11 +8,10 @@
  * .json. Everything it starts, it stops, also on error and Ctrl-C. Exit code 1 when a scenario is
  * invalid (a stream or send error, a message missing or duplicated); a missed target alone is reported.
  */
-import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { Client, credentials, type ServiceError } from '@grpc/grpc-js';
 import { intEnv, listEnv, runInfo, writeReport } from '../common.js';
-import { CpuSampler } from '../cpu.js';
+import { CpuSampler, rssMb } from '../cpu.js';
 import {
   createDatabase,
   isStopping,
@@ -80,17 +79,6 @@ function readConfig(): FeedConfig {
 
 /** The knobs the command line of the report shows. */
 const isKnob = (k: string) => /^(FEEDS?_|DB_POOL_MAX$|GRPC_MAX_CONCURRENT_STREAMS$)/.test(k);
-
-/** VmRSS of a process in MB, from /proc/<pid>/status; undefined when unreadable. */
-function rssMb(pid: number | undefined): number | undefined {
-  if (pid === undefined) return undefined;
-  try {
-    const m = /^VmRSS:\s+(\d+)\s+kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-    return m ? Number(m[1]) / 1024 : undefined;
-  } catch {
-    return undefined;
-  }
-}
 
 /** A unary JSON control call to a raw baseline process. */
 function control<Req, Res>(

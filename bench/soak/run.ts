@@ -12,9 +12,8 @@
  * reported as a missed target.
  */
 import { loadConfig } from '../../src/infra/config/config.js';
-import { readFileSync } from 'node:fs';
 import { intEnv, runInfo, writeReport } from '../common.js';
-import { CpuSampler } from '../cpu.js';
+import { CpuSampler, rssMb } from '../cpu.js';
 import {
   createDatabase,
   freePort,
@@ -102,17 +101,6 @@ const isKnob = (k: string) =>
   /^(SOAK_|DB_POOL_MAX$|FEED_|NOTIFY_|GRPC_MAX_|GRPC_KEEPALIVE_|RATE_LIMIT_|MAX_STREAMS_PER_CALLER$|METRICS_ENABLED$)/.test(
     k,
   );
-
-/** VmRSS of a process in MB, from /proc/<pid>/status; undefined when unreadable. */
-function rssMb(pid: number | undefined): number | undefined {
-  if (pid === undefined) return undefined;
-  try {
-    const m = /^VmRSS:\s+(\d+)\s+kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-    return m ? Number(m[1]) / 1024 : undefined;
-  } catch {
-    return undefined;
-  }
-}
 
 function concat(arrays: readonly Float64Array[]): Float64Array {
   const out = new Float64Array(arrays.reduce((n, a) => n + a.length, 0));
