@@ -91,8 +91,8 @@ export interface AuditRecord {
   /** The thread concerned; empty for calls about something else (`resource`). */
   threadId: string;
   /**
-   * The messages read or written, when they were few enough to list; otherwise empty, and the range
-   * below says which.
+   * The messages read or written when they are listed (GetMessage, MarkRead, feed deliveries); empty
+   * for a contiguous run (a ListMessages page, an export's batches), which the range below says.
    */
   messageIds: string[];
   /** The first and last message of the range read (thread order), and how many messages. */
