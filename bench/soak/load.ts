@@ -26,17 +26,19 @@ export function killLoad(): void {
   running.clear();
 }
 
+/** The arrays one after the other, in one array. */
+export function concat(arrays: readonly Float64Array[]): Float64Array {
+  const out = new Float64Array(arrays.reduce((n, a) => n + a.length, 0));
+  let at = 0;
+  for (const a of arrays) {
+    out.set(a, at);
+    at += a.length;
+  }
+  return out;
+}
+
 /** Merges the same interval of several processes. */
 export function mergeIntervals(parts: readonly IntervalData[]): IntervalData {
-  const concat = (arrays: Float64Array[]) => {
-    const out = new Float64Array(arrays.reduce((n, a) => n + a.length, 0));
-    let at = 0;
-    for (const a of arrays) {
-      out.set(a, at);
-      at += a.length;
-    }
-    return out;
-  };
   const latencies = {} as Record<Kind, Float64Array>;
   const errors = {} as Record<Kind, Record<string, number>>;
   for (const kind of KINDS) {

@@ -29,7 +29,7 @@ import { FeedScene } from '../feeds/scene.js';
 import { killSubscribers, Subscribers } from '../feeds/subscribers.js';
 import { assignSlots } from '../loadgen.js';
 import { logWarnings } from '../notify/check.js';
-import { killLoad, Load, mergeIntervals } from './load.js';
+import { concat, killLoad, Load, mergeIntervals } from './load.js';
 import { type IntervalData, intervalOf, type Kind, KINDS, type SoakTask } from './protocol.js';
 import {
   type Dispatch,
@@ -101,16 +101,6 @@ const isKnob = (k: string) =>
   /^(SOAK_|DB_POOL_MAX$|FEED_|NOTIFY_|GRPC_MAX_|GRPC_KEEPALIVE_|RATE_LIMIT_|MAX_STREAMS_PER_CALLER$|METRICS_ENABLED$)/.test(
     k,
   );
-
-function concat(arrays: readonly Float64Array[]): Float64Array {
-  const out = new Float64Array(arrays.reduce((n, a) => n + a.length, 0));
-  let at = 0;
-  for (const a of arrays) {
-    out.set(a, at);
-    at += a.length;
-  }
-  return out;
-}
 
 /** What a replica's Prometheus endpoint says of its memory and streams (MB; undefined when absent). */
 interface Scrape {
