@@ -224,13 +224,16 @@ export async function startApp(config: Config, opts: { clock?: Clock; log?: Logg
     audit,
   });
   const threads = new ThreadService(clock);
+  const messages = new MessageService(clock, {
+    bodyMaxBytes: config.limits.messageMaxBytes,
+    retractWindowMs: config.governance.retractWindowMs,
+  });
   addServices(server, adapter, {
     threads,
-    messages: new MessageService(clock, {
-      bodyMaxBytes: config.limits.messageMaxBytes,
-      retractWindowMs: config.governance.retractWindowMs,
+    messages,
+    governance: new GovernanceService(clock, threads, messages, {
+      exportConcurrency: config.governance.exportConcurrency,
     }),
-    governance: new GovernanceService(clock, threads, { exportConcurrency: config.governance.exportConcurrency }),
     receipts: new ReadReceiptService(clock, { maxIdsPerCall: config.limits.markReadMaxIds }),
     notifications,
     sessions,

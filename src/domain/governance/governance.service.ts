@@ -6,12 +6,12 @@ import { EtagMismatch, InvalidArgument, Violations } from '../errors.js';
 import { isUuid, newId } from '../ids.js';
 import { latestPosition, type MessagePosition } from '../message/message.entity.js';
 import { type MessageRecord, MessageRepository } from '../message/message.repository.js';
-import { MessageNotFound } from '../message/message.errors.js';
 import { decodePageToken, encodePageToken } from '../page-token.js';
 import type { ReceiptRecord } from '../read-receipt/read-receipt.repository.js';
 import type { ThreadView } from '../thread/thread.entity.js';
 import { ThreadNotFound } from '../thread/thread.errors.js';
 import { ThreadRepository } from '../thread/thread.repository.js';
+import type { MessageService } from '../message/message.service.js';
 import type { ThreadService } from '../thread/thread.service.js';
 import { checkText, checkUserId, checkUuid, pageSize } from '../validation.js';
 import { ExportsBusy, HoldNotFound } from './governance.errors.js';
@@ -62,6 +62,7 @@ export class GovernanceService {
   constructor(
     private readonly clock: Clock,
     private readonly threads: ThreadService,
+    private readonly messages: MessageService,
     private readonly options: { readonly exportConcurrency: number },
   ) {}
 
@@ -97,33 +98,30 @@ export class GovernanceService {
       }
       before = token.b;
     }
+    // A message filter matches its ranges too: it needs the message's thread and position.
+    const message = messageId ? await new MessageRepository(db.em).findById(actor.tenantId, messageId) : undefined;
+    // An unknown message (or another tenant's) has no records here.
+    if (messageId && !message) return { records: [], nextPageToken: '' };
     const where: AuditFilter = {
       threadId,
       actorUserId: input.actorUserId || undefined,
       patientUserId: input.patientUserId || undefined,
+      message: message && { messageId: message.messageId, threadId: message.threadId, seq: message.seq },
       from: input.startTime,
       to: input.endTime,
     };
-    if (messageId) {
-      const message = await new MessageRepository(db.em).findById(actor.tenantId, messageId);
-      // An unknown message (or another tenant's) has no records here.
-      if (!message) return { records: [], nextPageToken: '' };
-      Object.assign(where, { message: { messageId, threadId: message.threadId, seq: message.seq } });
-    }
     const rows = await new AuditRepository(db.em).query(actor.tenantId, where, before, size + 1);
     const records = rows.slice(0, size);
     const nextPageToken = rows.length > size ? encodePageToken('audit', { ...filter, b: records.at(-1)!.auditId }) : '';
     return { records, nextPageToken };
   }
 
-  /** A message with its original body (unless purged) for an auditor. */
+  /**
+   * A message for an auditor (staff or service: they govern every thread of the tenant), with its original
+   * body unless purged; the handler shows it without hiding a retraction.
+   */
   async auditedMessage(actor: Actor, db: Db, messageId: string): Promise<MessageRecord> {
-    const v = new Violations();
-    const id = checkUuid(v, 'message_id', messageId);
-    v.throwIfAny();
-    const message = await new MessageRepository(db.em).findById(actor.tenantId, id);
-    if (!message) throw new MessageNotFound(id);
-    return message;
+    return this.messages.get(actor, db, messageId);
   }
 
   async retention(actor: Actor, db: Db): Promise<RetentionRecord | undefined> {
